@@ -1,0 +1,1 @@
+"""Model definitions: the DiT, the Oobleck VAE, the conditioners and the text encoder."""

@@ -1,0 +1,107 @@
+"""The frozen T5 text encoder: prompts -> token embeddings (B, max_length, dim) and mask.
+
+A pretrained T5 is loaded with ``transformers`` from a local directory (or the local Hugging Face
+cache) and never downloaded. Small presets use a randomly initialised T5 with a byte-level (ByT5)
+tokenizer, which needs no vocabulary file; its weights travel in the model's checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from etta_engine.config import TextConfig
+
+BYTE_VOCAB_SIZE = 384  # ByT5: 3 special tokens + 256 bytes + 125 sentinel ids
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as e:  # pragma: no cover - transformers is a core dependency
+        raise ImportError("the text encoder needs `transformers`: pip install transformers") from e
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
+class T5TextEncoder(nn.Module):
+    """Frozen T5 encoder. ``forward(prompts)`` -> (embeddings (B, L, dim) fp32, padding zeroed; mask (B, L) bool),
+    with L = ``cfg.max_length``: prompts are padded to it, and longer ones are refused (or truncated)."""
+
+    def __init__(self, cfg: TextConfig, model: nn.Module, tokenizer) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        d_model = model.config.d_model
+        if d_model != cfg.dim:
+            raise ValueError(f"the T5 encoder has d_model={d_model} but the model config expects text.dim={cfg.dim}")
+
+    @classmethod
+    def from_pretrained(cls, cfg: TextConfig, path: str | os.PathLike | None = None) -> T5TextEncoder:
+        """Load a T5 encoder and its tokenizer from ``path`` (or ``cfg.pretrained``), offline only."""
+        source = os.fspath(path) if path is not None else cfg.pretrained
+        if source is None:
+            raise ValueError("TextConfig.pretrained is None and no path was given: use T5TextEncoder.random(cfg)")
+        tf = _transformers()
+        try:
+            tokenizer = tf.AutoTokenizer.from_pretrained(source, local_files_only=True)
+            model = tf.T5EncoderModel.from_pretrained(source, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise FileNotFoundError(
+                f"could not load a T5 encoder from {source!r} without downloading: pass a local directory holding "
+                f"config.json, the weights and the tokenizer files (for ETTA: google-t5/t5-base). Cause: {e}"
+            ) from e
+        return cls(cfg, model, tokenizer)
+
+    @classmethod
+    def random(cls, cfg: TextConfig) -> T5TextEncoder:
+        """A randomly initialised T5 encoder of the size in ``cfg``, with a byte-level tokenizer."""
+        tf = _transformers()
+        t5_config = tf.T5Config(
+            vocab_size=BYTE_VOCAB_SIZE,
+            d_model=cfg.dim,
+            d_kv=cfg.d_kv,
+            d_ff=cfg.d_ff,
+            num_layers=cfg.layers,
+            num_heads=cfg.heads,
+            dropout_rate=0.0,
+            feed_forward_proj="relu",
+        )
+        return cls(cfg, tf.T5EncoderModel(t5_config), tf.ByT5Tokenizer())
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    def tokenize(self, prompts: Sequence[str], truncate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (B, max_length) and mask (B, max_length) bool; over-long prompts raise unless ``truncate``."""
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+            raise TypeError(f"prompts must be a list of strings, got {type(prompts).__name__}")
+        if len(prompts) == 0:
+            raise ValueError("prompts is empty; give at least one prompt")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise TypeError(f"prompt {i} must be a string, got {type(p).__name__}")
+        L = self.cfg.max_length
+        if not truncate:
+            lengths = [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]]
+            for i, n in enumerate(lengths):
+                if n > L:
+                    raise ValueError(
+                        f"prompt {i} is {n} tokens long, over the text encoder's limit of {L} tokens "
+                        "(text.max_length); shorten it or pass truncate=True"
+                    )
+        enc = self.tokenizer(list(prompts), padding="max_length", max_length=L, truncation=True, return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"].bool()
+
+    @torch.no_grad()
+    def forward(self, prompts: Sequence[str], truncate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = self.tokenize(prompts, truncate)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # (B, L, dim)
+        return hidden.float() * mask[..., None], mask

@@ -1,0 +1,23 @@
+"""Public ops of etta_engine.
+
+Each op has a plain-torch ``<op>_ref`` that is its specification and a public ``<op>(..., impl=...)``
+that validates inputs and dispatches to an implementation: ``"auto"`` (the fastest available for
+the device), ``"torch"``, ``"triton"`` or ``"cuda"`` once those kernels are built.
+"""
+
+from etta_engine.ops.adaln import adaln_modulate, adaln_modulate_ref
+from etta_engine.ops.attention import attention, attention_ref
+from etta_engine.ops.gelu import gelu_tanh, gelu_tanh_ref
+from etta_engine.ops.rope import apply_rope, apply_rope_ref, rope_angles
+
+__all__ = [
+    "adaln_modulate",
+    "adaln_modulate_ref",
+    "apply_rope",
+    "apply_rope_ref",
+    "attention",
+    "attention_ref",
+    "gelu_tanh",
+    "gelu_tanh_ref",
+    "rope_angles",
+]

@@ -1,0 +1,37 @@
+"""GELU with the tanh approximation, optionally fused with a bias add."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from etta_engine._validation import check_tensor
+from etta_engine.ops._dispatch import fp32_region, register, select
+
+
+def gelu_tanh_ref(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference GELU (tanh approximation), the specification of every implementation.
+
+    ``u = x + bias``; ``out = 0.5 * u * (1 + tanh(sqrt(2 / pi) * (u + 0.044715 * u^3)))``.
+    x: any shape (..., D); bias: (D,) or None. fp32 arithmetic, returned in ``x.dtype``.
+    """
+    with fp32_region(x.device):
+        u = x.float() if bias is None else x.float() + bias.float()
+        out = F.gelu(u, approximate="tanh")
+    return out.to(x.dtype)
+
+
+register("gelu_tanh", "torch", gelu_tanh_ref)
+
+
+def gelu_tanh(x: torch.Tensor, bias: torch.Tensor | None = None, *, impl: str = "auto") -> torch.Tensor:
+    """GELU-tanh (see :func:`gelu_tanh_ref`) with the chosen implementation."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if bias is not None:
+        check_tensor("bias", bias, 1)
+        if x.ndim == 0 or bias.shape[0] != x.shape[-1]:
+            raise ValueError(
+                f"bias must have shape ({x.shape[-1] if x.ndim else '?'},) for x of shape {tuple(x.shape)}"
+            )
+    return select("gelu_tanh", impl, x.device)(x, bias)

@@ -1,0 +1,128 @@
+"""The Oobleck VAE: official layout, an independent decoder forward, lengths, bottleneck and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import official_key_shapes, randomize_, rel_err
+
+import etta_engine as E
+from etta_engine.models.vae import SnakeBeta, WNConv1d, pad_to_multiple
+
+
+def test_decoder_keys_and_shapes_equal_the_official_listing():
+    with torch.device("meta"):
+        vae = E.VAE(E.PRESETS["etta"].vae)
+    ours = {"pretransform.model." + k: tuple(v.shape) for k, v in vae.state_dict().items() if k.startswith("decoder.")}
+    listing = {k: v for k, v in official_key_shapes().items() if k.startswith("pretransform.model.decoder.")}
+    assert ours == listing
+
+
+def snake_fp64(x, alpha, beta):
+    x = x.double()
+    a, b = alpha.double().exp()[None, :, None], beta.double().exp()[None, :, None]
+    return x + torch.sin(a * x) ** 2 / (b + 1e-9)
+
+
+def test_snake_beta_formula():
+    snake = SnakeBeta(6)
+    with torch.no_grad():
+        snake.alpha.normal_()
+        snake.beta.normal_()
+    x = torch.randn(2, 6, 50) * 3
+    assert rel_err(snake(x), snake_fp64(x, snake.alpha, snake.beta)) < 1e-6
+
+
+def test_weight_norm_is_g_times_unit_v_and_starts_at_v():
+    conv = WNConv1d(5, 7, kernel_size=3, padding=1)
+    assert torch.allclose(conv.weight(), conv.weight_v, atol=1e-6)  # g = ||v|| at init
+    with torch.no_grad():
+        conv.weight_g.mul_(torch.arange(1, 8, dtype=torch.float32)[:, None, None])
+    w = conv.weight()
+    norms = w.flatten(1).norm(dim=1)
+    assert torch.allclose(norms, conv.weight_g.flatten(), rtol=1e-5)
+    x = torch.randn(2, 5, 11)
+    assert torch.allclose(conv(x), F.conv1d(x, w, conv.bias, padding=1), atol=1e-5)
+
+
+def decoder_fp64(sd: dict[str, torch.Tensor], cfg: E.VAEConfig, z: torch.Tensor) -> torch.Tensor:
+    """The decoder written from the spec over official key names (legacy weight norm), fp64."""
+    sd = {k: v.double() for k, v in sd.items()}
+
+    def weight(name):
+        v, g = sd[name + ".weight_v"], sd[name + ".weight_g"]
+        return g * v / v.flatten(1).norm(dim=1)[:, None, None]
+
+    def snake(x, name):
+        return snake_fp64(x, sd[name + ".alpha"], sd[name + ".beta"]).double()
+
+    def residual(x, name, d):
+        w, bias = weight(name + ".layers.1"), sd[name + ".layers.1.bias"]
+        y = F.conv1d(snake(x, name + ".layers.0"), w, bias, padding=3 * d, dilation=d)
+        y = F.conv1d(snake(y, name + ".layers.2"), weight(name + ".layers.3"), sd[name + ".layers.3.bias"])
+        return x + y
+
+    p = "decoder.layers."
+    x = F.conv1d(z.double(), weight(p + "0"), sd[p + "0.bias"], padding=3)
+    for j, s in enumerate(reversed(cfg.strides), start=1):
+        b = f"{p}{j}.layers."
+        x = F.conv_transpose1d(snake(x, b + "0"), weight(b + "1"), sd[b + "1.bias"], stride=s, padding=math.ceil(s / 2))
+        for u, d in zip((2, 3, 4), (1, 3, 9), strict=True):
+            x = residual(x, f"{b}{u}", d)
+    n = len(cfg.strides) + 1
+    return F.conv1d(snake(x, f"{p}{n}"), weight(f"{p}{n + 1}"), padding=3)
+
+
+def test_decoder_matches_independent_reference():
+    cfg = E.PRESETS["tiny"].vae
+    vae = randomize_(E.VAE(cfg), std=0.3)
+    with torch.no_grad():  # weight_g of the right scale keeps activations O(1)
+        for m in vae.modules():
+            if hasattr(m, "weight_g"):
+                m.weight_g.fill_(1.0)
+    z = torch.randn(2, cfg.latent_dim, 3)
+    expected = decoder_fp64(vae.state_dict(), cfg, z)
+    audio = vae.decode(z)
+    assert audio.shape == (2, 2, 3 * 2048)
+    assert rel_err(audio, expected) < 1e-3  # fp32 rounding grows through 20 layers of random Snakes
+    assert rel_err(vae.double().decode(z.double()), expected) < 1e-10
+
+
+@pytest.mark.parametrize("frames", [1, 4])
+def test_encode_decode_lengths(frames):
+    cfg = E.PRESETS["tiny"].vae
+    vae = E.VAE(cfg)
+    audio = torch.randn(3, 2, frames * cfg.downsampling_ratio)
+    mean, std = vae.encode(audio)
+    assert mean.shape == std.shape == (3, cfg.latent_dim, frames)
+    assert (std > 1e-4).all()  # softplus(scale) + 1e-4
+    assert vae.decode(mean).shape == audio.shape
+
+
+def test_bottleneck_sample_and_kl():
+    mean, std = torch.zeros(4, 64, 300), torch.ones(4, 64, 300)
+    assert E.VAE.kl(mean, std).item() == pytest.approx(0.0, abs=1e-6)
+    m2 = torch.full((1, 3, 1), 2.0)
+    s2 = torch.full((1, 3, 1), 0.5)
+    # per channel: mean^2 + var - log var - 1 = 4 + 0.25 + log 4 - 1
+    assert E.VAE.kl(m2, s2).item() == pytest.approx(3 * (3.25 + math.log(4)), rel=1e-6)
+    z = E.VAE.sample(torch.full((2, 64, 4000), 3.0), torch.full((2, 64, 4000), 0.5), torch.Generator().manual_seed(0))
+    assert z.mean().item() == pytest.approx(3.0, abs=0.01) and z.std().item() == pytest.approx(0.5, rel=0.02)
+
+
+def test_bad_inputs_are_named():
+    vae = E.VAE(E.PRESETS["tiny"].vae)
+    with pytest.raises(ValueError, match=r"audio must have 2 channels"):
+        vae.encode(torch.randn(1, 1, 2048))
+    with pytest.raises(ValueError, match="audio length 1000 must be a positive multiple of 2048"):
+        vae.encode(torch.randn(1, 2, 1000))
+    with pytest.raises(ValueError, match="audio must have 3 dimensions"):
+        vae.encode(torch.randn(2, 2048))
+    with pytest.raises(TypeError, match="audio is torch.float64 but the VAE's parameters are torch.float32"):
+        vae.encode(torch.randn(1, 2, 2048, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"latents must have shape \(B, 64, T\)"):
+        vae.decode(torch.randn(1, 32, 3))
+    assert pad_to_multiple(torch.randn(1, 2, 1000), 2048).shape == (1, 2, 2048)
