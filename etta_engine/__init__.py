@@ -1,7 +1,7 @@
 """etta_engine: inference and training engine for ETTA-style text-to-audio models.
 
 Public names: ``PRESETS``, ``ModelConfig`` (``.dit``, ``.vae``, ``.text``), ``DiT``, ``VAE``,
-``ETTAModel``, ``save``, ``load``, and the ops in ``etta_engine.ops``.
+``ETTAModel``, ``Pipeline``, ``save``, ``load``, and the ops in ``etta_engine.ops``.
 """
 
 from etta_engine import ops
@@ -12,11 +12,13 @@ from etta_engine.models.dit import DiT
 from etta_engine.models.model import ETTAModel
 from etta_engine.models.text import T5TextEncoder
 from etta_engine.models.vae import VAE
+from etta_engine.pipeline import Audio, Pipeline
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "Audio",
     "VAE",
     "CheckpointError",
     "Conditioner",
@@ -26,6 +28,7 @@ __all__ = [
     "ETTAModel",
     "ModelConfig",
     "NumberConditioner",
+    "Pipeline",
     "T5TextEncoder",
     "TextConfig",
     "VAEConfig",
