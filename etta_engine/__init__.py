@@ -18,8 +18,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
-    "Audio",
     "VAE",
+    "Audio",
     "CheckpointError",
     "Conditioner",
     "DiT",
