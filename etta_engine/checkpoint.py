@@ -117,13 +117,15 @@ def save(path: str | os.PathLike, module: nn.Module, *, metadata: Mapping[str, s
 
 
 def _sniff(path: Path) -> str:
-    """``"safetensors"`` or ``"torch"`` from the file's first bytes."""
+    """``"safetensors"``, ``"torch"`` (zip) or ``"torch-legacy"`` from the file's first bytes."""
     with open(path, "rb") as f:
         head = f.read(16)
     if len(head) < 8:
         raise CheckpointError(f"{path} is empty or truncated ({len(head)} bytes)")
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+    if head[:4] == b"PK\x03\x04":
         return "torch"
+    if head[:1] == b"\x80":
+        return "torch-legacy"
     header_len = int.from_bytes(head[:8], "little")
     if 0 < header_len < 100_000_000 and head[8:9] == b"{":
         return "safetensors"
@@ -144,11 +146,13 @@ def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
     return tensors, metadata
 
 
-def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The state dict of a ``.ckpt`` (``{"state_dict": ...}`` or a bare dict), read with weights_only=True."""
+def read_torch_checkpoint(path: str | os.PathLike, mmap: bool = True) -> dict[str, torch.Tensor]:
+    """The state dict of a ``.ckpt`` (``{"state_dict": ...}`` or a bare dict), read with weights_only=True.
+    ``mmap`` (zip-format files only) maps the file instead of reading it: training checkpoints that also
+    hold optimizer state load without holding all of it in memory."""
     path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain containers, which are never unpickled here; "
@@ -233,10 +237,11 @@ def load(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if _sniff(path) == "safetensors":
+    fmt = _sniff(path)
+    if fmt == "safetensors":
         sd, metadata = read_safetensors(path, device=device)
     else:
-        sd, metadata = read_torch_checkpoint(path), {}
+        sd, metadata = read_torch_checkpoint(path, mmap=fmt == "torch"), {}
 
     if metadata.get("format") == FORMAT:
         if metadata.get("format_version") != FORMAT_VERSION:

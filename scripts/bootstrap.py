@@ -77,6 +77,12 @@ def create_venv(gpu: bool) -> None:
     run(cmd)
 
 
+def cuda_packages(report: dict) -> list[str]:
+    """Packages of a `pip install --report` plan that only a CUDA build of torch pulls in."""
+    names = [item["metadata"]["name"].lower() for item in report.get("install", [])]
+    return [n for n in names if n.startswith(("nvidia-", "cuda-", "triton"))]
+
+
 def install_torch(gpu: bool) -> None:
     if venv_imports("torch"):
         return
@@ -91,8 +97,7 @@ def install_torch(gpu: bool) -> None:
     )
     if plan.returncode != 0:
         sys.exit(f"[setup] cannot resolve {TORCH}:\n{plan.stderr}")
-    names = [item["metadata"]["name"].lower() for item in json.loads(plan.stdout)["install"]]
-    cuda = [n for n in names if n.startswith(("nvidia-", "cuda-", "triton"))]
+    cuda = cuda_packages(json.loads(plan.stdout))
     if cuda:
         sys.exit(
             f"[setup] refusing to install {TORCH} with CUDA packages ({', '.join(cuda[:4])}, ...) on a machine "
