@@ -27,21 +27,43 @@ def cmd_generate(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if not output.parent.is_dir():
         raise SystemExit(f"etta generate: output directory {output.parent} does not exist")
+    init_audio = init_rate = None
+    if args.init_audio:
+        import soundfile as sf
+
+        data, init_rate = sf.read(args.init_audio, dtype="float32", always_2d=True)  # (samples, channels)
+        init_audio = data.T
     pipe = Pipeline.from_pretrained(args.model, device=args.device, text_encoder_path=args.text_encoder)
     audio = pipe.generate(
         prompts,
         seconds=args.seconds,
         nfe=args.nfe,
         solver=args.solver,
+        schedule=args.schedule,
         cfg_scale=args.cfg_scale,
+        cfg_rescale=args.cfg_rescale,
+        cfg_interval=tuple(args.cfg_interval) if args.cfg_interval else None,
         seed=args.seed,
         negative_prompt=args.negative_prompt,
+        init_audio=init_audio,
+        init_sample_rate=init_rate,
+        strength=args.strength,
+        keep=args.keep or None,
+        decode_chunk_frames=args.decode_chunk or None,
         progress=not args.quiet,
     )
     for i, path in enumerate(_output_paths(output, len(prompts))):
         audio.save(path, index=i)
         print(f"wrote {path} ({audio.seconds:.2f} s, {audio.sample_rate} Hz, {audio.waveform.shape[1]} ch)")
     return 0
+
+
+def _region(text: str) -> tuple[float, float]:
+    try:
+        start, end = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not START:END in seconds, e.g. 0:3.5") from None
+    return start, end
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -54,9 +76,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    import importlib.util
+def _backend_status(name: str, usable) -> str:
+    """'<version>, <where it runs>' for an importable backend, or why it is not usable."""
+    import importlib
 
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        return "not installed"
+    except Exception as e:  # a broken install: say so rather than crash `etta info`
+        return f"installed but fails to import ({type(e).__name__}: {e})"
+    return f"{getattr(module, '__version__', '?')}, {usable(module)}"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     import etta_engine
@@ -73,13 +106,21 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"cuda extension: built (runtime {_C.version()}, CUDA kernels compiled: {_C.cuda_compiled()})")
     except ImportError as e:
         print(f"cuda extension: not built ({e})")
-    for name in ("triton", "onnxruntime", "tensorrt"):
-        print(f"{name}: {'available' if importlib.util.find_spec(name) else 'not installed'}")
+    gpu = torch.cuda.is_available()
+    checks = {
+        "triton": lambda m: "GPU" if gpu else "CPU interpreter only (TRITON_INTERPRET=1)",
+        "onnxruntime": lambda m: "providers " + ", ".join(m.get_available_providers()),
+        "tensorrt": lambda m: "GPU" if gpu else "no CUDA device",
+    }
+    for name, usable in checks.items():
+        print(f"{name}: {_backend_status(name, usable)}")
     print(f"presets: {', '.join(sorted(etta_engine.PRESETS))}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from etta_engine.sampling import SCHEDULES, SOLVERS
+
     parser = argparse.ArgumentParser(prog="etta", description="ETTA text-to-audio engine")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -90,12 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--text-encoder", default=None, help="local T5 directory for models with a pretrained encoder")
     g.add_argument("--seconds", type=float, default=10.0)
     g.add_argument("--nfe", type=int, default=100, help="budget of DiT evaluations per clip")
-    g.add_argument("--solver", default="euler")
+    g.add_argument("--solver", default="euler", help=f"one of {', '.join(sorted(SOLVERS))}")
+    g.add_argument("--schedule", default="uniform", help=f"one of {', '.join(sorted(SCHEDULES))}")
     g.add_argument("--cfg-scale", type=float, default=3.5)
+    g.add_argument("--cfg-rescale", type=float, default=0.0, help="CFG rescale phi in [0, 1]")
+    g.add_argument("--cfg-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"), help="guide only for t in range")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch", type=int, default=1, help="clips per prompt (seeds seed, seed+1, ...)")
     g.add_argument("--prompts-file", default=None, help="one prompt per line")
     g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--init-audio", default=None, help="audio file for a variation, continuation or inpainting")
+    g.add_argument("--strength", type=float, default=1.0, help="with --init-audio: start the ODE at t=strength")
+    g.add_argument(
+        "--keep", type=_region, action="append", metavar="START:END", help="keep this region (s) of --init-audio"
+    )
+    g.add_argument("--decode-chunk", type=int, default=512, help="decode in windows of this many latents (0: whole)")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)

@@ -1,8 +1,11 @@
 """Text to waveform: the object most users touch.
 
-pipe = Pipeline.from_pretrained("tiny")          # a preset name or a checkpoint path
-audio = pipe.generate(["rain on a tin roof"], seconds=10.0, nfe=100, cfg_scale=3.5, seed=0)
-audio.save("rain.wav")
+    pipe = Pipeline.from_pretrained("tiny")          # a preset name or a checkpoint path
+    audio = pipe.generate(["rain on a tin roof"], seconds=10.0, nfe=100, cfg_scale=3.5, seed=0)
+    audio.save("rain.wav")
+
+Besides text-to-audio, ``generate`` makes variations of an input clip (``init_audio`` + ``strength``)
+and continues or inpaints one (``keep``: the regions of the input to keep; the rest is generated).
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from etta_engine.checkpoint import atomic_write, load
 from etta_engine.config import PRESETS
 from etta_engine.models.conditioning import DiTConditioning
 from etta_engine.models.model import ETTAModel
-from etta_engine.sampling import SOLVERS, cfg, sample
+from etta_engine.sampling import VelocityFn, autoguidance, cfg, inpaint, sample, steps_for
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +58,17 @@ class Audio:
 
 
 class Pipeline:
-    """Text-to-audio generation with an :class:`ETTAModel`."""
+    """Text-to-audio generation with an :class:`ETTAModel` (and optionally a weaker model for autoguidance)."""
 
-    def __init__(self, model: ETTAModel, *, device: str | torch.device | None = None) -> None:
-        if not isinstance(model, ETTAModel):
-            raise TypeError(f"Pipeline needs an ETTAModel, got {type(model).__name__}")
+    def __init__(
+        self, model: ETTAModel, *, device: str | torch.device | None = None, bad_model: ETTAModel | None = None
+    ) -> None:
+        for name, m in (("model", model), ("bad_model", bad_model)):
+            if m is not None and not isinstance(m, ETTAModel):
+                raise TypeError(f"{name} must be an ETTAModel, got {type(m).__name__}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
+        self.bad_model = None if bad_model is None else bad_model.to(self.device).eval()
         self.cfg = model.cfg
 
     @classmethod
@@ -75,16 +83,14 @@ class Pipeline:
         if isinstance(name_or_path, str) and name_or_path in PRESETS:
             log.warning("preset %r has random weights: the output is noise-like, not a trained model's", name_or_path)
             model = ETTAModel.from_preset(name_or_path)
-            if model.text_encoder is None:
-                model.load_text_encoder(text_encoder_path)
         elif Path(name_or_path).is_file():
-            model = load(name_or_path, text_encoder_path=text_encoder_path)
+            model = load(name_or_path)
             if not isinstance(model, ETTAModel):
                 raise ValueError(f"{name_or_path} holds a {type(model).__name__}, not a full text-to-audio model")
-            if model.text_encoder is None:
-                model.load_text_encoder()
         else:
             raise FileNotFoundError(f"{name_or_path!r} is neither a preset ({sorted(PRESETS)}) nor a checkpoint file")
+        if model.text_encoder is None:
+            model.load_text_encoder(text_encoder_path)
         return cls(model, device=device)
 
     def latent_frames(self, seconds: float) -> int:
@@ -99,58 +105,183 @@ class Pipeline:
         seconds: float = 10.0,
         nfe: int = 100,
         solver: str = "euler",
+        schedule: str = "uniform",
         cfg_scale: float = 3.5,
+        cfg_rescale: float = 0.0,
+        cfg_interval: tuple[float, float] | None = None,
         seed: int | Sequence[int] = 0,
         negative_prompt: str | None = None,
+        init_audio: torch.Tensor | np.ndarray | None = None,
+        init_sample_rate: int | None = None,
+        strength: float = 1.0,
+        keep: Sequence[tuple[float, float]] | None = None,
+        autoguidance_scale: float | None = None,
+        decode_chunk_frames: int | None = 512,
         truncate: bool = False,
         progress: bool = True,
     ) -> Audio:
-        """Generate one clip per prompt. Item i uses ``seed + i`` (or ``seed[i]``), so it equals a
-        single generation of prompt i with that seed."""
+        """Generate one clip per prompt; item i uses ``seed + i`` (or ``seed[i]``) and equals a single
+        generation of prompt i with that seed.
+
+        init_audio: (samples,), (channels, samples) or (B, channels, samples) at ``init_sample_rate``
+        (default: the model's; other rates are resampled; mono is duplicated to stereo).
+        strength: start the ODE at t = strength from the noised input (1: from pure noise).
+        keep: [(start_s, end_s), ...] regions of the input kept as they are (continuation, inpainting).
+        autoguidance_scale: guide the model with the pipeline's ``bad_model`` (each runs its own CFG).
+        """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ValueError("prompts is empty; give at least one prompt")
-        if solver not in SOLVERS:
-            raise ValueError(f"unknown solver {solver!r}; choices: {sorted(SOLVERS)}")
-        if not (isinstance(seconds, int | float) and 0 < seconds <= self.cfg.max_seconds):
-            raise ValueError(f"seconds={seconds} is outside (0, {self.cfg.max_seconds:g}]")
+        steps = steps_for(solver, nfe)
+        seconds = self._check_seconds(seconds)
         if not cfg_scale >= 0:
             raise ValueError(f"cfg_scale={cfg_scale} must be >= 0")
+        if init_audio is None and (strength != 1.0 or keep):
+            raise ValueError("strength and keep need init_audio")
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength={strength} is outside (0, 1]")
+        if autoguidance_scale is not None and self.bad_model is None:
+            raise ValueError("autoguidance_scale needs a Pipeline built with bad_model=...")
         B = len(prompts)
         seeds = [seed + i for i in range(B)] if isinstance(seed, int) else list(seed)
         if len(seeds) != B:
             raise ValueError(f"got {len(seeds)} seeds for {B} prompts")
 
-        model, dit = self.model, self.model.dit
-        dtype = dit.project_in.weight.dtype
-        cond = model.condition(prompts, 0.0, float(seconds), truncate=truncate)
-        cond = DiTConditioning(cond.context.to(dtype), cond.context_mask, cond.global_cond.to(dtype))
         T = self.latent_frames(seconds)
+        guide = dict(scale=cfg_scale, rescale=cfg_rescale, interval=cfg_interval)
+        args = (prompts, seconds, negative_prompt, truncate)
+        velocity = self._guided_velocity(self.model, *args, **guide)
+        if autoguidance_scale is not None:
+            velocity = autoguidance(velocity, self._guided_velocity(self.bad_model, *args, **guide), autoguidance_scale)
+
+        dtype = self.model.dit.project_in.weight.dtype
         # Noise is drawn on the CPU from each item's own seed: the same on every device and batch size.
         noise = [torch.randn(self.cfg.dit.io_channels, T, generator=torch.Generator().manual_seed(s)) for s in seeds]
         noise = torch.stack(noise).to(self.device, dtype)  # (B, C, T)
+        x, kept_audio, keep_samples = noise, None, None
+        if init_audio is not None:
+            kept_audio = self._prepare_init_audio(init_audio, init_sample_rate, B, T * self.cfg.vae.downsampling_ratio)
+            x0 = self.model.vae.encode(kept_audio.to(self._vae_dtype))[0].to(dtype)  # (B, C, T): the posterior mean
+            x = (1 - strength) * x0 + strength * noise
+            if keep:
+                keep_samples = self._keep_mask(keep, kept_audio.shape[-1], seconds)
+                velocity = inpaint(velocity, x0, noise, self._frames_fully_inside(keep_samples, T))
 
-        if cfg_scale == 1.0:
-            velocity = lambda x, t: dit(x, t, *cond)
-        else:
-            uncond = self._unconditional(cond, negative_prompt, B, seconds, truncate)
-            both = DiTConditioning(*(torch.cat(pair) for pair in zip(cond, uncond, strict=True)))
-            velocity = cfg(lambda x, t: dit(x, t, *both), cfg_scale)
-
-        steps = SOLVERS[solver].steps_for_nfe(nfe) if isinstance(nfe, int) and nfe >= 1 else 0
-        with _progress(steps, progress, "sampling") as bar:
-            result = sample(velocity, noise, solver=solver, nfe=nfe, callback=lambda i, x: bar.update(1))
-        waveform = model.vae.decode(result.x.to(next(model.vae.parameters()).dtype))
+        with _progress(steps or 0, progress, "sampling") as bar:
+            result = sample(
+                velocity,
+                x,
+                solver=solver,
+                nfe=nfe,
+                schedule=schedule,
+                t_start=strength,
+                callback=lambda i, _: bar.update(),
+            )
+        waveform = self.model.vae.decode(result.x.to(self._vae_dtype), chunk_frames=decode_chunk_frames).float()
+        if keep_samples is not None:
+            waveform = _splice(waveform, kept_audio.float(), keep_samples, fade=self.cfg.sample_rate // 100)
         n_samples = min(waveform.shape[-1], round(seconds * self.cfg.sample_rate))
-        return Audio(waveform[..., :n_samples].float().cpu(), self.cfg.sample_rate)
+        return Audio(waveform[..., :n_samples].cpu(), self.cfg.sample_rate)
 
-    def _unconditional(self, cond: DiTConditioning, negative_prompt, B: int, seconds: float, truncate: bool):
-        """The uncond half of CFG: the official null memory (zeros, same mask) or a negative prompt's memory.
-        Timestep and seconds conditioning are kept."""
+    # ------------------------------------------------------------------ pieces of generate
+
+    @property
+    def _vae_dtype(self) -> torch.dtype:
+        return self.model.vae.decoder.layers[0].weight_v.dtype
+
+    def _check_seconds(self, seconds) -> float:
+        try:
+            value = float(seconds)
+        except (TypeError, ValueError):
+            raise TypeError(f"seconds must be a number, got {type(seconds).__name__}") from None
+        if not 0 < value <= self.cfg.max_seconds:
+            raise ValueError(f"seconds={seconds} is outside (0, {self.cfg.max_seconds:g}] (the model's limit)")
+        return value
+
+    def _guided_velocity(
+        self, model: ETTAModel, prompts, seconds, negative_prompt, truncate, *, scale, rescale, interval
+    ) -> VelocityFn:
+        """``model``'s velocity with classifier-free guidance, cond and uncond batched in one forward."""
+        dit = model.dit
+        dtype = dit.project_in.weight.dtype
+        cond = model.condition(prompts, 0.0, seconds, truncate=truncate)
+        cond = DiTConditioning(cond.context.to(dtype), cond.context_mask, cond.global_cond.to(dtype))
+        if scale == 1.0 and interval is None:
+            return lambda x, t: dit(x, t, *cond)
         if negative_prompt is None:
-            return DiTConditioning(torch.zeros_like(cond.context), cond.context_mask, cond.global_cond)
-        neg = self.model.condition([negative_prompt] * B, 0.0, float(seconds), truncate=truncate)
-        return DiTConditioning(neg.context.to(cond.context.dtype), neg.context_mask, cond.global_cond)
+            # The official null conditioning: a zero memory with the same mask; timestep and seconds kept.
+            uncond = DiTConditioning(torch.zeros_like(cond.context), cond.context_mask, cond.global_cond)
+        else:
+            neg = model.condition([negative_prompt] * len(prompts), 0.0, seconds, truncate=truncate)
+            uncond = DiTConditioning(neg.context.to(dtype), neg.context_mask, cond.global_cond)
+        both = DiTConditioning(*(torch.cat(pair) for pair in zip(cond, uncond, strict=True)))
+        return cfg(lambda x, t: dit(x, t, *both), scale, rescale=rescale, interval=interval)
+
+    def _prepare_init_audio(self, audio, sample_rate: int | None, B: int, n_samples: int) -> torch.Tensor:
+        """``audio`` as (B, 2, n_samples) float32 at the model's rate (resampled, channels fixed, padded)."""
+        x = torch.as_tensor(audio, dtype=torch.float32)
+        if x.ndim == 1:
+            x = x[None]
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim != 3 or x.shape[0] not in (1, B):
+            raise ValueError(
+                f"init_audio must be (samples,), (channels, samples) or ({B} or 1, channels, samples), "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] not in (1, 2):
+            raise ValueError(f"init_audio has {x.shape[1]} channels; allowed: 1 (duplicated to stereo) or 2")
+        if not torch.isfinite(x).all():
+            raise ValueError("init_audio contains NaN or inf")
+        rate = self.cfg.sample_rate if sample_rate is None else int(sample_rate)
+        if rate <= 0:
+            raise ValueError(f"init_sample_rate={sample_rate} must be positive")
+        if rate != self.cfg.sample_rate:
+            x = _resample(x, rate, self.cfg.sample_rate)
+        x = x.expand(B, 2, -1) if x.shape[1] == 2 else x.expand(B, 1, -1).repeat(1, 2, 1)
+        x = x[..., :n_samples]
+        return torch.nn.functional.pad(x, (0, n_samples - x.shape[-1])).to(self.device)
+
+    def _keep_mask(self, keep, n_samples: int, seconds: float) -> torch.Tensor:
+        """A (n_samples,) bool mask of the regions to keep, checked against the clip."""
+        sr = self.cfg.sample_rate
+        mask = torch.zeros(n_samples, dtype=torch.bool)
+        for region in keep:
+            start, end = (float(v) for v in region)
+            if not 0.0 <= start < end <= seconds:
+                raise ValueError(f"keep region ({start}, {end}) must satisfy 0 <= start < end <= seconds={seconds}")
+            mask[round(start * sr) : round(end * sr)] = True
+        return mask.to(self.device)
+
+    def _frames_fully_inside(self, keep_samples: torch.Tensor, T: int) -> torch.Tensor:
+        """Latent frames (1, 1, T) whose whole span of samples lies inside the kept regions."""
+        ratio = self.cfg.vae.downsampling_ratio
+        return keep_samples[: T * ratio].view(T, ratio).all(dim=1).view(1, 1, T)
+
+
+def _resample(x: torch.Tensor, rate_in: int, rate_out: int) -> torch.Tensor:
+    try:
+        import soxr
+    except ImportError as e:
+        raise ImportError(f"init_audio at {rate_in} Hz must be resampled to {rate_out} Hz: pip install soxr") from e
+    items = [soxr.resample(item.T.numpy(), rate_in, rate_out, quality="VHQ").T for item in x]  # (C, S') each
+    return torch.from_numpy(np.stack(items).astype(np.float32))
+
+
+def _splice(generated: torch.Tensor, original: torch.Tensor, keep: torch.Tensor, fade: int) -> torch.Tensor:
+    """The original audio inside ``keep`` exactly, cross-faded linearly over ``fade`` samples into the
+    generated audio outside it (no click at the seams)."""
+    n = min(generated.shape[-1], original.shape[-1])
+    keep = keep[:n]
+    idx = torch.arange(n, device=keep.device)
+    big = 4 * n + fade + 1
+    prev_kept = torch.where(keep, idx, -big).cummax(0).values  # last kept sample at or before i
+    next_kept = torch.where(keep, idx, big).flip(0).cummin(0).values.flip(0)  # first kept sample at or after i
+    distance = torch.minimum(idx - prev_kept, next_kept - idx)  # 0 inside the kept regions
+    weight = (1.0 - distance / (fade + 1)).clamp(min=0.0).to(generated.dtype)
+    out = generated.clone()
+    out[..., :n] = weight * original[..., :n] + (1 - weight) * generated[..., :n]
+    return out
 
 
 def _progress(total: int, enabled: bool, desc: str):

@@ -88,3 +88,123 @@ def test_cli_info_lists_backends():
     result = subprocess.run([ETTA, "info"], capture_output=True, text=True, check=True)
     for word in ("torch", "cuda extension", "triton", "onnxruntime", "tensorrt", "presets"):
         assert word in result.stdout
+
+
+# ------------------------------------------------------------------ variations, continuation, inpainting
+
+
+def tone(seconds: float, sr: int = 44100, channels: int = 2) -> torch.Tensor:
+    t = torch.arange(round(seconds * sr)) / sr
+    return torch.stack([0.5 * torch.sin(2 * torch.pi * (220 + 110 * c) * t) for c in range(channels)])
+
+
+def test_continuation_keeps_the_given_region_exactly(pipe):
+    init = tone(1.0)
+    out = pipe.generate(["a dog barks"], seconds=1.0, nfe=3, init_audio=init, keep=[(0.0, 0.4)], progress=False)
+    n = round(0.4 * 44100)
+    assert torch.equal(out.waveform[0, :, :n], init[:, :n])  # the kept region is the input, sample for sample
+    assert not torch.allclose(out.waveform[0, :, n + 441 :], init[:, n + 441 : out.waveform.shape[-1]], atol=1e-2)
+
+
+def test_inpainting_keeps_both_sides_and_generates_the_gap(pipe):
+    init = tone(1.0)
+    out = pipe.generate(
+        ["thunder"], seconds=1.0, nfe=2, init_audio=init, keep=[(0.0, 0.3), (0.7, 1.0)], progress=False
+    ).waveform[0]
+    a, b = round(0.3 * 44100), round(0.7 * 44100)
+    assert torch.equal(out[:, :a], init[:, :a])
+    assert torch.equal(out[:, b:], init[:, b : out.shape[-1]])
+    assert not torch.allclose(out[:, a + 441 : b - 441], init[:, a + 441 : b - 441], atol=1e-2)
+
+
+def test_variation_strength_controls_closeness_to_the_input(pipe):
+    init = tone(0.5)
+    with torch.no_grad():
+        recon = pipe.model.vae.decode(pipe.model.vae.encode(pipe._prepare_init_audio(init, None, 1, 11 * 2048))[0])
+    recon = recon[..., : round(0.5 * 44100)]
+    dist = {}
+    for strength in (0.05, 1.0):
+        out = pipe.generate("x", seconds=0.5, nfe=4, init_audio=init, strength=strength, progress=False)
+        dist[strength] = float((out.waveform - recon).norm())
+    assert dist[0.05] < 0.2 * dist[1.0]
+
+
+def test_init_audio_is_resampled_and_upmixed(pipe):
+    mono_22k = tone(0.5, sr=22050, channels=1)[0]
+    out = pipe.generate(
+        "x", seconds=0.5, nfe=2, init_audio=mono_22k, init_sample_rate=22050, keep=[(0, 0.5)], progress=False
+    )
+    expected = tone(0.5, channels=1)[0]
+    n = out.waveform.shape[-1]
+    assert torch.equal(out.waveform[0, 0], out.waveform[0, 1])  # mono duplicated to both channels
+    middle = slice(2000, n - 2000)  # away from the resampler's edge effects
+    assert torch.allclose(out.waveform[0, 0, middle], expected[middle], atol=2e-3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "pattern"),
+    [
+        (dict(init_audio=torch.zeros(3, 1000)), ValueError, "init_audio has 3 channels; allowed: 1"),
+        (dict(init_audio=torch.full((2, 1000), float("nan"))), ValueError, "init_audio contains NaN"),
+        (dict(init_audio=torch.zeros(2, 1000), strength=1.5), ValueError, r"strength=1.5 is outside \(0, 1\]"),
+        (dict(init_audio=torch.zeros(2, 1000), keep=[(0.2, 0.9)]), ValueError, "keep region"),
+        (dict(keep=[(0.0, 0.1)]), ValueError, "strength and keep need init_audio"),
+        (dict(init_audio=torch.zeros(2, 1000), init_sample_rate=0), ValueError, "init_sample_rate=0 must be positive"),
+        (dict(autoguidance_scale=2.0), ValueError, "needs a Pipeline built with bad_model"),
+        (dict(solver="midpoint", nfe=1), ValueError, "solver 'midpoint' needs nfe >= 2"),
+        (dict(schedule="cosine"), ValueError, "unknown schedule 'cosine'"),
+    ],
+)
+def test_bad_init_and_guidance_arguments(pipe, kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        pipe.generate(["x"], **{"progress": False, "seconds": 0.5, "nfe": 2, **kwargs})
+
+
+def test_autoguidance_with_scale_one_is_the_good_model(pipe):
+    bad = E.ETTAModel.from_preset("tiny")
+    randomize_(bad.dit, std=0.1, seed=9)
+    guided = Pipeline(pipe.model, device="cpu", bad_model=bad)
+    kw = dict(seconds=0.5, nfe=3, seed=1, progress=False)
+    plain = pipe.generate("x", **kw).waveform
+    assert torch.allclose(guided.generate("x", autoguidance_scale=1.0, **kw).waveform, plain, atol=1e-4)
+    assert not torch.allclose(guided.generate("x", autoguidance_scale=2.0, **kw).waveform, plain, atol=1e-2)
+
+
+def test_negative_prompt_replaces_the_null_memory(pipe):
+    kw = dict(seconds=0.5, nfe=2, seed=0, cfg_scale=4.0, progress=False)
+    a = pipe.generate("rain", **kw).waveform
+    b = pipe.generate("rain", negative_prompt="music", **kw).waveform
+    assert not torch.allclose(a, b, atol=1e-3)
+
+
+def test_solvers_and_schedules_run_through_the_pipeline(pipe):
+    for solver, schedule in (("heun", "logsnr"), ("dpmpp_2m", "shifted"), ("rk4", "uniform")):
+        out = pipe.generate("x", seconds=0.5, nfe=4, solver=solver, schedule=schedule, progress=False)
+        assert out.waveform.shape == (1, 2, 22050) and torch.isfinite(out.waveform).all()
+
+
+def test_cli_continuation_from_a_file(tmp_path):
+    sf.write(tmp_path / "in.wav", tone(1.0, sr=22050).T.numpy(), 22050)
+    out = tmp_path / "cont.wav"
+    cmd = [ETTA, "generate", "more of this", "-o", str(out), "--seconds", "1", "--nfe", "2", "--quiet"]
+    cmd += ["--init-audio", str(tmp_path / "in.wav"), "--keep", "0:0.5"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    data, sr = sf.read(out)
+    assert sr == 44100 and data.shape[1] == 2
+    bad = subprocess.run([*cmd[:-1], "0.5-0.9"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "not START:END" in bad.stderr
+
+
+def test_batched_cfg_equals_two_separate_dit_calls(pipe):
+    model = pipe.model
+    prompts = ["a dog barks", "rain on a tin roof"]
+    x, t = torch.randn(2, 64, 9), torch.tensor([0.9, 0.4])
+    cond = model.condition(prompts, 0.0, 0.5)
+    null = E.DiTConditioning(torch.zeros_like(cond.context), cond.context_mask, cond.global_cond)
+    with torch.no_grad():
+        v_cond, v_uncond = model.dit(x, t, *cond), model.dit(x, t, *null)
+        guided = pipe._guided_velocity(model, prompts, 0.5, None, False, scale=3.0, rescale=0.0, interval=None)
+        unguided = pipe._guided_velocity(model, prompts, 0.5, None, False, scale=1.0, rescale=0.0, interval=None)
+        assert torch.allclose(guided(x, t), v_uncond + 3.0 * (v_cond - v_uncond), rtol=1e-5, atol=1e-4)
+        assert torch.allclose(unguided(x, t), v_cond, rtol=1e-5, atol=1e-4)

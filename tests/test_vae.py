@@ -126,3 +126,21 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match=r"latents must have shape \(B, 64, T\)"):
         vae.decode(torch.randn(1, 32, 3))
     assert pad_to_multiple(torch.randn(1, 2, 1000), 2048).shape == (1, 2, 2048)
+
+
+@pytest.mark.parametrize(("frames", "chunk", "overlap"), [(50, 30, 12), (37, 36, 16), (20, 64, 32)])
+def test_chunked_decoding_matches_whole_decoding(frames, chunk, overlap):
+    vae = E.VAE(E.PRESETS["tiny"].vae).double()
+    z = torch.randn(2, 64, frames, dtype=torch.float64)
+    with torch.no_grad():
+        whole = vae.decode(z)
+        chunked = vae.decode(z, chunk_frames=chunk, overlap_frames=overlap)
+    assert chunked.shape == whole.shape
+    # the decoder sees about 12 latent frames to each side: with at least that overlap, windows agree to rounding
+    assert rel_err(chunked, whole) < 1e-12
+
+
+def test_chunked_decoding_rejects_a_window_without_a_centre():
+    vae = E.VAE(E.PRESETS["tiny"].vae)
+    with pytest.raises(ValueError, match="chunk_frames=16 must exceed 2 \\* overlap_frames=16"):
+        vae.decode(torch.randn(1, 64, 40), chunk_frames=16, overlap_frames=8)

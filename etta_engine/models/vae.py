@@ -195,15 +195,38 @@ class VAE(nn.Module):
         var = std * std
         return (mean * mean + var - var.log() - 1.0).sum(1).mean()
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """latents (B, latent_dim, T) -> audio (B, audio_channels, T * downsampling_ratio)."""
+    def decode(self, latents: torch.Tensor, chunk_frames: int | None = None, overlap_frames: int = 32) -> torch.Tensor:
+        """latents (B, latent_dim, T) -> audio (B, audio_channels, T * downsampling_ratio).
+
+        With ``chunk_frames``, clips longer than that are decoded in windows of ``chunk_frames`` latents
+        that overlap by ``overlap_frames`` on each side, keeping each window's centre: the memory of one
+        window whatever the length, and (with an overlap wider than the decoder's receptive field) the
+        same audio up to rounding.
+        """
         check_tensor("latents", latents, 3)
         if latents.shape[1] != self.cfg.latent_dim or latents.shape[2] == 0:
             raise ValueError(
                 f"latents must have shape (B, {self.cfg.latent_dim}, T) with T >= 1, got {tuple(latents.shape)}"
             )
         self._check_dtype("latents", latents)
-        return self.decoder(latents)
+        T = latents.shape[2]
+        if chunk_frames is None or T <= chunk_frames:
+            return self.decoder(latents)
+        hop = chunk_frames - 2 * overlap_frames
+        if overlap_frames < 0 or hop < 1:
+            raise ValueError(
+                f"chunk_frames={chunk_frames} must exceed 2 * overlap_frames={2 * overlap_frames} (overlap >= 0)"
+            )
+        r = self.downsampling_ratio
+        out = None
+        for start in range(0, T, hop):
+            end = min(start + hop, T)
+            lo, hi = max(0, start - overlap_frames), min(T, end + overlap_frames)
+            audio = self.decoder(latents[..., lo:hi])  # (B, C, (hi - lo) r)
+            if out is None:
+                out = audio.new_empty(audio.shape[0], audio.shape[1], T * r)
+            out[..., start * r : end * r] = audio[..., (start - lo) * r : (end - lo) * r]
+        return out
 
     def _check_dtype(self, name: str, x: torch.Tensor) -> None:
         param_dtype = self.encoder.layers[0].weight_v.dtype
