@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -73,6 +74,65 @@ def cmd_convert(args: argparse.Namespace) -> int:
     etta_engine.save(args.dst, module)
     n = sum(p.numel() for p in module.parameters())
     print(f"wrote {args.dst}: {type(module).__name__}, {n:,} parameters")
+    return 0
+
+
+# ------------------------------------------------------------------ training commands: options from the configs
+
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _add_config_args(parser: argparse.ArgumentParser, cls, positional: tuple[str, ...]) -> None:
+    """One option per field of the frozen config dataclass ``cls`` (``positional`` ones as arguments)."""
+    for f in dataclasses.fields(cls):
+        if f.name in positional:
+            parser.add_argument(f.name)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        annotation = str(f.type).replace(" ", "")
+        shown = "default: %(default)s"
+        if annotation == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=shown)
+        elif annotation.startswith("tuple["):
+            inner = annotation[len("tuple[") : -1].split(",")
+            nargs = "+" if inner[-1] == "..." else len(inner)
+            parser.add_argument(flag, nargs=nargs, type=_TYPES[inner[0]], default=f.default, help=shown)
+        else:
+            parser.add_argument(flag, type=_TYPES[annotation.split("|")[0]], default=f.default, help=shown)
+
+
+def _config_from_args(cls, args: argparse.Namespace):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def _print_on_rank0(text: str) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        print(text)
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from etta_engine.train.cache import CacheConfig, build_cache
+
+    index = build_cache(_config_from_args(CacheConfig, args), progress=not args.quiet)
+    print(f"cache ready: {index}")
+    return 0
+
+
+def cmd_train_dit(args: argparse.Namespace) -> int:
+    from etta_engine.train.dit import DiTTrainConfig, train_dit
+
+    path = train_dit(_config_from_args(DiTTrainConfig, args), progress=not args.quiet)
+    _print_on_rank0(f"trained model: {path}")
+    return 0
+
+
+def cmd_train_vae(args: argparse.Namespace) -> int:
+    from etta_engine.train.vae import VAETrainConfig, train_vae
+
+    path = train_vae(_config_from_args(VAETrainConfig, args), progress=not args.quiet)
+    _print_on_rank0(f"trained VAE: {path}")
     return 0
 
 
@@ -159,6 +219,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="devices and usable backends")
     i.set_defaults(func=cmd_info)
+
+    from etta_engine.train.cache import CacheConfig
+    from etta_engine.train.dit import DiTTrainConfig
+    from etta_engine.train.vae import VAETrainConfig
+
+    formatter = argparse.HelpFormatter
+    k = sub.add_parser("cache", help="encode a manifest to latents and text embeddings", formatter_class=formatter)
+    _add_config_args(k, CacheConfig, positional=("manifest", "out"))
+    k.add_argument("--quiet", action="store_true")
+    k.set_defaults(func=cmd_cache)
+
+    t = sub.add_parser("train", help="train the DiT or the VAE (several GPUs: launch with torchrun)")
+    train = t.add_subparsers(dest="what", required=True)
+    td = train.add_parser("dit", help="flow-matching DiT on a cache from `etta cache`", formatter_class=formatter)
+    _add_config_args(td, DiTTrainConfig, positional=("cache", "out"))
+    td.add_argument("--quiet", action="store_true")
+    td.set_defaults(func=cmd_train_dit)
+    tv = train.add_parser("vae", help="ETTA-VAE on a manifest of audio files", formatter_class=formatter)
+    _add_config_args(tv, VAETrainConfig, positional=("manifest", "out"))
+    tv.add_argument("--quiet", action="store_true")
+    tv.set_defaults(func=cmd_train_vae)
     return parser
 
 
@@ -167,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError) as e:
+    except (ValueError, TypeError, OSError, KeyError, RuntimeError, FloatingPointError) as e:
         print(f"etta {args.command}: error: {e}", file=sys.stderr)
         return 2
 

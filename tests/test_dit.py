@@ -56,7 +56,7 @@ def test_every_block_is_the_identity_at_init():
     h = torch.randn(3, 7, cfg.width)
     memory = dit.cond_embed(context)
     for block in dit.blocks:
-        assert torch.equal(block(h, memory, mask, block.adaln(c_act)), h)
+        assert torch.equal(block(h, memory, mask, c_act), h)
 
 
 def test_init_is_the_official_recipe():

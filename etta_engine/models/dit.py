@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from etta_engine import ops
 from etta_engine._validation import check_bool_mask, check_tensor
@@ -120,8 +121,8 @@ class DiTBlock(nn.Module):
     """One adaLN-Zero block: self-attention, cross-attention and FFN, each gated (unbounded gates).
 
     ``adaln(silu(c))`` gives nine (B, width) vectors: shift/scale/gate for self-attention, then for
-    cross-attention, then for the FFN. The caller computes it (see :meth:`DiT.forward`) so that an
-    inference engine can hoist it out of the sampling loop.
+    cross-attention, then for the FFN. ``forward`` computes them; :meth:`modulated` takes them ready-made,
+    so that an inference engine can hoist them out of the sampling loop.
     """
 
     def __init__(self, cfg: DiTConfig) -> None:
@@ -135,9 +136,15 @@ class DiTBlock(nn.Module):
         self.adaln = nn.Linear(cfg.width, 9 * cfg.width)
 
     def forward(
+        self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, c_act: torch.Tensor
+    ) -> torch.Tensor:
+        """x (B, T, D); memory (B, L, Dc); memory_mask (B, L); c_act = silu(c) (B, D)."""
+        return self.modulated(x, memory, memory_mask, self.adaln(c_act))
+
+    def modulated(
         self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, modulation: torch.Tensor
     ) -> torch.Tensor:
-        # x (B, T, D); memory (B, L, Dc); memory_mask (B, L); modulation (B, 9 D)
+        """The block given its adaLN output ``modulation`` (B, 9 D)."""
         shift_sa, scale_sa, gate_sa, shift_ca, scale_ca, gate_ca, shift_ff, scale_ff, gate_ff = modulation.chunk(9, 1)
         h = ops.adaln_modulate(x, shift_sa, scale_sa, None, 1e-6, impl=self.ops)
         x = x + gate_sa[:, None] * self.self_attn(h)
@@ -181,6 +188,8 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(cfg)
         self.postprocess = nn.Linear(cfg.io_channels, cfg.io_channels, bias=False)
+        # Training-time memory policy (not part of the model): recompute each block in the backward pass.
+        self.activation_checkpointing = False
         self.init_weights()
 
     @torch.no_grad()
@@ -227,7 +236,10 @@ class DiT(nn.Module):
         x = self.preprocess(x) + x
         h = self.project_in(x)  # (B, T, D)
         for block in self.blocks:
-            h = block(h, memory, context_mask, block.adaln(c_act))
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                h = checkpoint(block, h, memory, context_mask, c_act, use_reentrant=False)
+            else:
+                h = block(h, memory, context_mask, c_act)
         out = self.final(h, c_act)  # (B, T, C)
         out = self.postprocess(out) + out
         return out.transpose(1, 2)  # (B, C, T)

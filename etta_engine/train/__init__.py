@@ -1,0 +1,1 @@
+"""Training: DiT (flow matching) and VAE (adversarial) trainers, data, checkpoints."""

@@ -1,0 +1,333 @@
+"""``etta train dit``: the DiT (and its number conditioners) trained with flow matching on a latent cache.
+
+Recipe (../shared/spec/ETTA.md): rectified-flow / OT-CFM loss ``|v(x_t, t) - (noise - x0)|^2`` with
+t ~ logit-normal(0, 1) (or uniform; v-diffusion as the alternative objective), the memory dropped to the
+official null conditioning (zeros, same mask) with probability 0.1 for CFG, AdamW + InverseLR, EMA 0.9999
+with a 3/4-power warm-up, gradient clipping, bf16 autocast (the ops keep adaLN-modulate, LayerNorms and
+RoPE in fp32), optional activation checkpointing, DDP or FSDP2 under torchrun.
+
+The randomness of a step (the latent drawn from the cached VAE posterior, the noise, t and the condition
+dropout) comes from a generator seeded by (seed, step) for the whole global batch, each rank taking its
+slice: a run on 2 ranks x b steps like 1 rank x 2b, and a resumed run like the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from etta_engine import flow
+from etta_engine.checkpoint import CheckpointError, save
+from etta_engine.data import ResumableSampler
+from etta_engine.models.conditioning import Conditioner
+from etta_engine.models.dit import DiT
+from etta_engine.models.model import ETTAModel
+from etta_engine.train.cache import LatentCache, load_model
+from etta_engine.train.common import (
+    EMA,
+    Dist,
+    Trainer,
+    _plain,
+    all_ok,
+    clip_gradients,
+    ema_copy,
+    full_optimizer_state,
+    full_state_dict,
+    inverse_lr_lambda,
+    load_full_optimizer_state,
+    load_full_state_dict,
+    seed_everything,
+    setup_distributed,
+    step_generator,
+    teardown_distributed,
+    unwrap,
+    wrap_model,
+)
+
+OBJECTIVES = ("rectified_flow", "v_diffusion")
+T_SAMPLERS = ("logit_normal", "uniform")
+PRECISIONS = ("bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class DiTTrainConfig:
+    cache: str  # directory written by `etta cache`
+    out: str  # checkpoints, log.csv, samples/ and the final model.safetensors go here
+    model: str = "tiny"  # preset or ETTAModel checkpoint: initial DiT/conditioners; VAE and text encoder for samples
+    text_encoder: str | None = None
+    batch_size: int = 16  # global batch (split over ranks)
+    max_steps: int = 1000
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-3
+    inv_gamma: float = 1e6
+    lr_power: float = 0.5
+    warmup: float = 0.99
+    ema_beta: float = 0.9999
+    ema_power: float = 0.75
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    objective: str = "rectified_flow"
+    t_sampler: str = "logit_normal"
+    t_mean: float = 0.0
+    t_std: float = 1.0
+    cfg_dropout: float = 0.1
+    precision: str = "bf16"
+    activation_checkpointing: bool = False
+    strategy: str = "ddp"  # with several ranks: "ddp" or "fsdp" (FSDP2, one unit per DiT block)
+    seed: int = 0
+    save_every: int = 500
+    log_every: int = 10
+    sample_every: int = 0  # write audio samples from the EMA model every N steps (0: never)
+    sample_prompts: tuple[str, ...] = ("rain on a tin roof", "a dog barks twice")
+    sample_nfe: int = 25
+    max_bad_steps: int = 10  # consecutive non-finite losses/gradients before the run stops
+    device: str | None = None
+    resume: str | None = None  # a training checkpoint, or a run's checkpoints/ directory (its last one)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))
+        object.__setattr__(self, "sample_prompts", tuple(self.sample_prompts))
+        for name, choices in (("objective", OBJECTIVES), ("t_sampler", T_SAMPLERS), ("precision", PRECISIONS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}={getattr(self, name)!r}; allowed: {list(choices)}")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"strategy={self.strategy!r}; allowed: ['ddp', 'fsdp']")
+        for name in ("batch_size", "max_steps", "save_every", "log_every", "max_bad_steps", "sample_nfe"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if not 0.0 <= self.cfg_dropout <= 1.0:
+            raise ValueError(f"cfg_dropout={self.cfg_dropout} is outside [0, 1]")
+        if self.lr <= 0 or self.grad_clip < 0 or self.t_std <= 0:
+            raise ValueError(f"lr={self.lr} and t_std={self.t_std} must be > 0, grad_clip={self.grad_clip} >= 0")
+
+
+# Settings that may change when a run is resumed; any other difference is refused.
+RESUMABLE = frozenset(
+    {
+        "out",
+        "cache",
+        "max_steps",
+        "save_every",
+        "log_every",
+        "sample_every",
+        "sample_prompts",
+        "sample_nfe",
+        "max_bad_steps",
+        "device",
+        "resume",
+        "text_encoder",
+    }
+)
+
+
+class FlowModel(nn.Module):
+    """The trained part of a text-to-audio model: the DiT and the number conditioners.
+
+    forward(x_t, t, text, text_mask, seconds_start, seconds_total, drop) -> velocity; ``drop`` (B,) bool
+    replaces the whole memory of those items with zeros (the official null conditioning, mask kept).
+    """
+
+    def __init__(self, dit: DiT, conditioner: Conditioner) -> None:
+        super().__init__()
+        self.dit = dit
+        self.conditioner = conditioner
+
+    def forward(self, x_t, t, text, text_mask, seconds_start, seconds_total, drop) -> torch.Tensor:
+        cond = self.conditioner(text, text_mask, {"seconds_start": seconds_start, "seconds_total": seconds_total})
+        context = cond.context.masked_fill(drop[:, None, None], 0.0)
+        return self.dit(x_t, t, context, cond.context_mask, cond.global_cond)
+
+
+def sample_t(cfg: DiTTrainConfig, n: int, generator: torch.Generator) -> torch.Tensor:
+    if cfg.t_sampler == "logit_normal":
+        return flow.sample_t_logit_normal(n, cfg.t_mean, cfg.t_std, generator=generator)
+    return flow.sample_t_uniform(n, generator=generator)
+
+
+def training_pair(cfg: DiTTrainConfig, x0, noise, t) -> tuple[torch.Tensor, torch.Tensor]:
+    """(model input x_t, regression target) of the configured objective."""
+    if cfg.objective == "rectified_flow":
+        return flow.interpolate(x0, noise, t), flow.velocity_target(x0, noise)
+    return flow.vdiffusion_interpolate(x0, noise, t), flow.vdiffusion_target(x0, noise, t)
+
+
+def flow_matching_loss(
+    model: nn.Module, cfg: DiTTrainConfig, batch: dict[str, torch.Tensor], g: torch.Generator, mine: slice, device
+) -> torch.Tensor:
+    """The loss of one step on this rank's ``batch`` (a :meth:`LatentCache.get` dict). The step's random
+    draws are made for the whole global batch from ``g`` and this rank keeps the rows ``mine``."""
+    G = cfg.batch_size
+    shape = (G, *batch["latent_mean"].shape[1:])
+    posterior_noise = torch.randn(shape, generator=g)[mine]
+    noise = torch.randn(shape, generator=g)[mine]
+    t = sample_t(cfg, G, g)[mine]
+    drop = (torch.rand(G, generator=g) < cfg.cfg_dropout)[mine]
+
+    x0 = (batch["latent_mean"] + batch["latent_std"] * posterior_noise).to(device)  # a draw from the VAE posterior
+    noise, t, drop = noise.to(device), t.to(device), drop.to(device)
+    x_t, target = training_pair(cfg, x0, noise, t)
+    conditioning = [batch[k].to(device) for k in ("text_mask", "seconds_start", "seconds_total")]
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        pred = model(x_t, t, batch["text"].to(device, torch.float32), *conditioning, drop)
+    return F.mse_loss(pred.float(), target.float())
+
+
+def train_dit(cfg: DiTTrainConfig, progress: bool = True) -> Path:
+    """Train; returns the path of the exported EMA model (``out/model.safetensors``)."""
+    d = setup_distributed(cfg.device)
+    try:
+        return DiTTrainer(cfg, d).run(progress)
+    finally:
+        teardown_distributed()
+
+
+class DiTTrainer(Trainer):
+    kind = "dit"
+    resumable = RESUMABLE
+    metrics = ("loss", "grad_norm")
+
+    def __init__(self, cfg: DiTTrainConfig, d: Dist) -> None:
+        super().__init__(cfg, d)
+        self.cache = LatentCache(cfg.cache)
+        self.base = load_model(cfg.model, cfg.text_encoder)
+        mc, cc = self.base.cfg, self.cache.model_config
+        if (mc.vae, mc.text, mc.sample_rate) != (cc.vae, cc.text, cc.sample_rate):
+            raise ValueError(
+                f"cache {cfg.cache} was encoded with model {cc.name!r} whose VAE/text encoder/sample rate differ "
+                f"from those of {cfg.model!r}; encode the data with the model being trained"
+            )
+        if cfg.batch_size % d.world_size:
+            raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the {d.world_size} ranks")
+        if cfg.batch_size > len(self.cache):
+            raise ValueError(f"batch_size={cfg.batch_size} exceeds the {len(self.cache)} cached items")
+
+        seed_everything(cfg.seed, d.rank)
+        flow_model = FlowModel(self.base.dit, self.base.conditioner).to(d.device).train()
+        flow_model.dit.activation_checkpointing = cfg.activation_checkpointing
+        ema_module = ema_copy(flow_model).eval()
+        self.model = wrap_model(flow_model, cfg.strategy, d, list(flow_model.dit.blocks))
+        if cfg.strategy == "fsdp" and d.active:
+            wrap_model(ema_module, "fsdp", d, list(ema_module.dit.blocks))
+        self.ema = EMA(ema_module, cfg.ema_beta, cfg.ema_power)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        schedule = inverse_lr_lambda(cfg.inv_gamma, cfg.lr_power, cfg.warmup)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule)
+        self.sampler = ResumableSampler(len(self.cache), seed=cfg.seed, shuffle=True, drop_last=True)
+        if cfg.resume:
+            self.resume(cfg.resume)
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def state(self) -> dict:
+        return {
+            "model_config": self.base.cfg.to_dict(),
+            "cache_fingerprint": self.cache.index["fingerprint"],
+            "model": full_state_dict(self.model),
+            "ema": full_state_dict(self.ema.module),
+            "ema_updates": self.ema.updates,
+            "optimizer": full_optimizer_state(self.model, self.opt),
+            "scheduler": self.sched.state_dict(),
+            "sampler": self.sampler.state_dict(),
+        }
+
+    def load_state(self, state: dict, path: Path) -> None:
+        if state["model_config"] != self.base.cfg.to_dict():
+            raise CheckpointError(f"cannot resume from {path}: its model config differs from {self.cfg.model!r}'s")
+        if state["cache_fingerprint"] != self.cache.index["fingerprint"]:
+            raise CheckpointError(f"cannot resume from {path}: it was trained on a different cache")
+        load_full_state_dict(self.model, state["model"])
+        load_full_state_dict(self.ema.module, state["ema"])
+        self.ema.updates = int(state["ema_updates"])
+        load_full_optimizer_state(self.model, self.opt, state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+
+    def epoch(self) -> int:
+        return self.sampler.state_dict()["epoch"]
+
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
+
+    # ---------------------------------------------------------------- one step
+
+    def _next_indices(self) -> list[int]:
+        """The global batch of this step (the same on every rank)."""
+        G = self.cfg.batch_size
+        state = self.sampler.state_dict()
+        if state["position"] + G > self.sampler.total_size:
+            self.sampler.load_state_dict({"epoch": state["epoch"] + 1, "position": 0})
+            state = self.sampler.state_dict()
+        order = self.sampler.epoch_order()
+        self.sampler.set_position(state["position"] + G)
+        return order[state["position"] : state["position"] + G]
+
+    def train_step(self) -> tuple[dict[str, float], bool]:
+        cfg, d = self.cfg, self.d
+        b = cfg.batch_size // d.world_size
+        mine = slice(d.rank * b, (d.rank + 1) * b)
+        batch = self.cache.get(self._next_indices()[mine])
+        loss = flow_matching_loss(self.model, cfg, batch, step_generator(cfg.seed, self.step), mine, d.device)
+
+        ok = all_ok(bool(torch.isfinite(loss)), d)
+        grad_norm = math.nan
+        if ok:
+            loss.backward()
+            grad_norm = clip_gradients(self.model.parameters(), cfg.grad_clip)
+            ok = all_ok(math.isfinite(grad_norm), d)
+            if ok:
+                self.opt.step()
+                self.sched.step()
+                self.ema.update(unwrap(self.model))
+        self.opt.zero_grad(set_to_none=True)
+        self.guard.record(ok, self.step, "loss or gradient")
+        return {"loss": float(loss.detach()), "grad_norm": grad_norm}, ok
+
+    # ---------------------------------------------------------------- outputs
+
+    def ema_model(self) -> ETTAModel | None:
+        """The EMA weights in a complete ETTAModel (VAE and text encoder from the base model), on rank 0."""
+        sd = full_state_dict(self.ema.module)
+        if not self.d.main:
+            return None
+        model = ETTAModel(self.base.cfg, text_encoder=self.base.text_encoder)
+        model.vae.load_state_dict(self.base.vae.state_dict())
+        model.dit.load_state_dict({k[len("dit.") :]: v for k, v in sd.items() if k.startswith("dit.")})
+        conditioner = {k[len("conditioner.") :]: v for k, v in sd.items() if k.startswith("conditioner.")}
+        model.conditioner.load_state_dict(conditioner)
+        return model.eval()
+
+    def after_step(self) -> None:
+        if self.cfg.sample_every and self.step % self.cfg.sample_every == 0:
+            self.write_samples()
+
+    def write_samples(self) -> None:
+        from etta_engine.pipeline import Pipeline
+
+        model = self.ema_model()
+        if model is None:
+            return
+        folder = self.out / "samples"
+        folder.mkdir(exist_ok=True)
+        seconds = self.cache.index["settings"]["seconds"]
+        prompts = list(self.cfg.sample_prompts)
+        audio = Pipeline(model, device=self.d.device).generate(
+            prompts, seconds=seconds, nfe=self.cfg.sample_nfe, seed=self.cfg.seed, progress=False
+        )
+        for i in range(audio.waveform.shape[0]):
+            audio.save(folder / f"step_{self.step:07d}_{i}.wav", index=i)
+
+    def export(self) -> Path:
+        model = self.ema_model()
+        path = self.out / "model.safetensors"
+        if model is not None:
+            save(path, model, metadata={"trained_steps": str(self.step), "train_config": json.dumps(_plain(self.cfg))})
+        if self.d.active:
+            dist.barrier()
+        return path

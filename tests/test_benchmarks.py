@@ -1,0 +1,23 @@
+"""The benchmark scripts run end to end on a CPU with tiny settings and write their JSON rows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_train_dit_throughput_writes_a_row(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "train_dit_throughput.py"), "--preset", "tiny", "--steps", "2",
+           "--warmup", "1", "--seconds", "1", "--device", "cpu", "--out", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    (path,) = tmp_path.glob("train_dit_throughput-*.json")
+    data = json.loads(path.read_text())
+    env, (row,) = data["environment"], data["rows"]
+    assert env["torch"] and env["commit"] and "train_dit_throughput.py" in env["command"]
+    assert row["preset"] == "tiny" and row["frames"] == 22 and row["steps_timed"] == 2
+    assert row["samples_per_s"] > 0 and row["peak_memory_gib"] > 0 and row["parameters"] == 241_472
