@@ -354,6 +354,15 @@ def resolve_resume(path: str | os.PathLike) -> Path:
     return p
 
 
+def run_training(trainer_cls, cfg, progress: bool) -> Path:
+    """Set up this process's place in the (torchrun) job, train, and tear the job down even on errors."""
+    d = setup_distributed(cfg.device)
+    try:
+        return trainer_cls(cfg, d).run(progress)
+    finally:
+        teardown_distributed()
+
+
 class Trainer:
     """The loop, logging, checkpointing and resume of a training run. Subclasses define ``train_step``
     (returns the step's metrics and whether it was applied), ``state``/``load_state`` (what a checkpoint
@@ -364,6 +373,8 @@ class Trainer:
     metrics: ClassVar[tuple[str, ...]] = ("loss",)
 
     def __init__(self, cfg, d: Dist) -> None:
+        if cfg.batch_size % d.world_size:
+            raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the {d.world_size} ranks")
         self.cfg, self.d = cfg, d
         self.out = Path(cfg.out)
         (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -385,11 +396,26 @@ class Trainer:
     def export(self) -> Path:
         raise NotImplementedError
 
+    # subclasses hold a ResumableSampler ``sampler`` (global order) and the main LR scheduler ``sched``
     def epoch(self) -> int:
-        return 0
+        return self.sampler.state_dict()["epoch"]
 
     def lr(self) -> float:
-        return math.nan
+        return self.sched.get_last_lr()[0]
+
+    def epoch_rollover(self) -> bool:
+        """Start the next epoch if the next global batch does not fit in this one (drop_last); True if so."""
+        state = self.sampler.state_dict()
+        if state["position"] + self.cfg.batch_size <= self.sampler.total_size:
+            return False
+        self.sampler.load_state_dict({"epoch": state["epoch"] + 1, "position": 0})
+        return True
+
+    def consume_batch(self) -> int:
+        """Mark the step's global batch as used; returns its start position in the epoch's order."""
+        start = self.sampler.state_dict()["position"]
+        self.sampler.set_position(start + self.cfg.batch_size)
+        return start
 
     def after_step(self) -> None:
         """Called after every step (e.g. to write audio samples)."""

@@ -43,10 +43,9 @@ from etta_engine.train.common import (
     inverse_lr_lambda,
     load_full_optimizer_state,
     load_full_state_dict,
+    run_training,
     seed_everything,
-    setup_distributed,
     step_generator,
-    teardown_distributed,
     unwrap,
     wrap_model,
 )
@@ -181,11 +180,7 @@ def flow_matching_loss(
 
 def train_dit(cfg: DiTTrainConfig, progress: bool = True) -> Path:
     """Train; returns the path of the exported EMA model (``out/model.safetensors``)."""
-    d = setup_distributed(cfg.device)
-    try:
-        return DiTTrainer(cfg, d).run(progress)
-    finally:
-        teardown_distributed()
+    return run_training(DiTTrainer, cfg, progress)
 
 
 class DiTTrainer(Trainer):
@@ -203,8 +198,6 @@ class DiTTrainer(Trainer):
                 f"cache {cfg.cache} was encoded with model {cc.name!r} whose VAE/text encoder/sample rate differ "
                 f"from those of {cfg.model!r}; encode the data with the model being trained"
             )
-        if cfg.batch_size % d.world_size:
-            raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the {d.world_size} ranks")
         if cfg.batch_size > len(self.cache):
             raise ValueError(f"batch_size={cfg.batch_size} exceeds the {len(self.cache)} cached items")
 
@@ -249,24 +242,13 @@ class DiTTrainer(Trainer):
         self.sched.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
 
-    def epoch(self) -> int:
-        return self.sampler.state_dict()["epoch"]
-
-    def lr(self) -> float:
-        return self.sched.get_last_lr()[0]
-
     # ---------------------------------------------------------------- one step
 
     def _next_indices(self) -> list[int]:
         """The global batch of this step (the same on every rank)."""
-        G = self.cfg.batch_size
-        state = self.sampler.state_dict()
-        if state["position"] + G > self.sampler.total_size:
-            self.sampler.load_state_dict({"epoch": state["epoch"] + 1, "position": 0})
-            state = self.sampler.state_dict()
-        order = self.sampler.epoch_order()
-        self.sampler.set_position(state["position"] + G)
-        return order[state["position"] : state["position"] + G]
+        self.epoch_rollover()
+        start = self.consume_batch()
+        return self.sampler.epoch_order()[start : start + self.cfg.batch_size]
 
     def train_step(self) -> tuple[dict[str, float], bool]:
         cfg, d = self.cfg, self.d

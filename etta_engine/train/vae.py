@@ -36,10 +36,9 @@ from etta_engine.train.common import (
     clip_gradients,
     ema_copy,
     inverse_lr_lambda,
+    run_training,
     seed_everything,
-    setup_distributed,
     step_generator,
-    teardown_distributed,
 )
 from etta_engine.train.losses import VAELosses, VAELossWeights
 
@@ -120,11 +119,7 @@ def load_vae(name_or_path: str) -> VAE:
 
 def train_vae(cfg: VAETrainConfig, progress: bool = True) -> Path:
     """Train; returns the path of the exported EMA VAE (``out/vae.safetensors``)."""
-    d = setup_distributed(cfg.device)
-    try:
-        return VAETrainer(cfg, d).run(progress)
-    finally:
-        teardown_distributed()
+    return run_training(VAETrainer, cfg, progress)
 
 
 class VAETrainer(Trainer):
@@ -134,8 +129,6 @@ class VAETrainer(Trainer):
 
     def __init__(self, cfg: VAETrainConfig, d: Dist) -> None:
         super().__init__(cfg, d)
-        if cfg.batch_size % d.world_size:
-            raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the {d.world_size} ranks")
         seed_everything(cfg.seed, d.rank)
         self.vae = load_vae(cfg.model).to(d.device).train()
         sr = cfg.sample_rate
@@ -177,22 +170,11 @@ class VAETrainer(Trainer):
 
     def _next_batch(self) -> torch.Tensor:
         """This rank's part of the step's global batch: (b, 2, sample_size)."""
-        G = self.cfg.batch_size
-        state = self.sampler.state_dict()
-        if state["position"] + G > self.sampler.total_size:
-            self.sampler.load_state_dict({"epoch": state["epoch"] + 1, "position": 0})
-            self.batches = None
-        if self.batches is None:
-            self.batches = self._loader()
+        if self.epoch_rollover() or self.batches is None:
+            self.batches = self._loader()  # iterates from the sampler's position, so before consume_batch
         batch = next(self.batches)
-        self.sampler.set_position(self.sampler.state_dict()["position"] + G)
+        self.consume_batch()
         return batch["audio"].to(self.d.device)
-
-    def epoch(self) -> int:
-        return self.sampler.state_dict()["epoch"]
-
-    def lr(self) -> float:
-        return self.sched.get_last_lr()[0]
 
     # ---------------------------------------------------------------- one step
 
