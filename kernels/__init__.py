@@ -1,12 +1,20 @@
 """Triton kernels of etta_engine, installed as ``etta_engine.kernels``.
 
-One file per op (kernel + launcher). Triton is optional (``pip install etta_engine[triton]``);
-on a CPU-only machine the kernels run under ``TRITON_INTERPRET=1``.
+One file per op: the ``@triton.jit`` kernels and their launchers, which take and return torch tensors.
+The public ops (custom ops with fake and autograd registrations) live in ``etta_engine.ops``. Triton is
+optional (``pip install etta_engine[triton]``); on a CPU-only machine the kernels run under the Triton
+interpreter (``TRITON_INTERPRET=1``, set before triton is imported), which is how CI tests them.
 """
 
 import importlib.util
+import os
 
 
 def triton_available() -> bool:
     """True if the ``triton`` package can be imported."""
     return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """True if Triton kernels run in the interpreter (``TRITON_INTERPRET=1``) rather than compiled."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"

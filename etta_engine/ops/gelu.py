@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from etta_engine._validation import check_tensor
-from etta_engine.ops._dispatch import fp32_region, register, select
+from etta_engine.ops._dispatch import fp32_region, register, select, triton_unusable
 
 
 def gelu_tanh_ref(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -22,6 +22,49 @@ def gelu_tanh_ref(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Te
 
 
 register("gelu_tanh", "torch", gelu_tanh_ref)
+
+
+# ------------------------------------------------------------------ Triton (kernels/gelu.py)
+
+
+@torch.library.custom_op("etta::gelu_tanh_triton", mutates_args=())
+def _gelu_tanh_triton(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    from etta_engine.kernels.gelu import gelu_tanh_forward
+
+    return gelu_tanh_forward(x, bias)
+
+
+@_gelu_tanh_triton.register_fake
+def _(x, bias):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("etta::gelu_tanh_triton_backward", mutates_args=())
+def _gelu_tanh_triton_backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    from etta_engine.kernels.gelu import gelu_tanh_backward
+
+    return gelu_tanh_backward(dy, x, bias)
+
+
+@_gelu_tanh_triton_backward.register_fake
+def _(dy, x, bias):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, bias = inputs
+    ctx.save_for_backward(x, bias)
+
+
+def _backward(ctx, dy):
+    x, bias = ctx.saved_tensors
+    du = _gelu_tanh_triton_backward(dy, x, bias)  # dL/dx
+    dbias = None if bias is None else du.float().reshape(-1, du.shape[-1]).sum(0).to(bias.dtype)
+    return du, dbias
+
+
+_gelu_tanh_triton.register_autograd(_backward, setup_context=_setup_context)
+register("gelu_tanh", "triton", _gelu_tanh_triton, triton_unusable)
 
 
 def gelu_tanh(x: torch.Tensor, bias: torch.Tensor | None = None, *, impl: str = "auto") -> torch.Tensor:
