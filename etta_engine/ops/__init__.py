@@ -8,15 +8,19 @@ the device), ``"torch"``, ``"triton"`` or ``"cuda"`` once those kernels are buil
 from etta_engine.ops.adaln import adaln_modulate, adaln_modulate_ref
 from etta_engine.ops.attention import attention, attention_ref
 from etta_engine.ops.gelu import gelu_tanh, gelu_tanh_ref
-from etta_engine.ops.rope import apply_rope, apply_rope_ref, rope_angles
+from etta_engine.ops.residual import gated_residual, gated_residual_ref
+from etta_engine.ops.rope import apply_rope, apply_rope_qk, apply_rope_ref, rope_angles
 
 __all__ = [
     "adaln_modulate",
     "adaln_modulate_ref",
     "apply_rope",
+    "apply_rope_qk",
     "apply_rope_ref",
     "attention",
     "attention_ref",
+    "gated_residual",
+    "gated_residual_ref",
     "gelu_tanh",
     "gelu_tanh_ref",
     "rope_angles",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from etta_engine._validation import check_tensor
-from etta_engine.ops._dispatch import fp32_region, register, select
+from etta_engine.ops._dispatch import fp32_region, register, select, triton_unusable
 
 
 def rope_angles(seq_len: int, head_dim: int, base: float, device: torch.device | None = None) -> torch.Tensor:
@@ -33,7 +33,105 @@ def apply_rope_ref(x: torch.Tensor, base: float = 16384.0) -> torch.Tensor:
     return out.to(x.dtype)
 
 
+def _apply_rope_qk_ref(qkv: torch.Tensor, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE of q = qkv[:, :, 0] and k = qkv[:, :, 1] for qkv (B, T, 3, H, Dh): two :func:`apply_rope_ref` calls."""
+    return apply_rope_ref(qkv[:, :, 0], base), apply_rope_ref(qkv[:, :, 1], base)
+
+
 register("apply_rope", "torch", apply_rope_ref)
+register("apply_rope_qk", "torch", _apply_rope_qk_ref)
+
+
+# ------------------------------------------------------------------ Triton (kernels/rope.py)
+# The rotation R is orthogonal and R(theta)^T = R(-theta): the backward of each op is the same kernel with the
+# angle negated, and the backward of that is the forward again (so double backward works too).
+
+
+@torch.library.custom_op("etta::apply_rope_triton", mutates_args=())
+def _apply_rope_triton(x: torch.Tensor, base: float) -> torch.Tensor:
+    from etta_engine.kernels.rope import rope
+
+    return rope(x, base, sign=1)
+
+
+@torch.library.custom_op("etta::apply_rope_triton_inverse", mutates_args=())
+def _apply_rope_triton_inverse(x: torch.Tensor, base: float) -> torch.Tensor:
+    from etta_engine.kernels.rope import rope
+
+    return rope(x, base, sign=-1)
+
+
+@_apply_rope_triton.register_fake
+def _(x, base):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@_apply_rope_triton_inverse.register_fake
+def _(x, base):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _save_base(ctx, inputs, output) -> None:
+    ctx.base = inputs[1]
+
+
+_apply_rope_triton.register_autograd(
+    lambda ctx, dy: (_apply_rope_triton_inverse(dy, ctx.base), None), setup_context=_save_base
+)
+_apply_rope_triton_inverse.register_autograd(
+    lambda ctx, dy: (_apply_rope_triton(dy, ctx.base), None), setup_context=_save_base
+)
+register("apply_rope", "triton", _apply_rope_triton, triton_unusable)
+
+
+@torch.library.custom_op("etta::apply_rope_qk_triton", mutates_args=())
+def _apply_rope_qk_triton(qkv: torch.Tensor, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    from etta_engine.kernels.rope import rope_qk
+
+    return rope_qk(qkv, base)
+
+
+@_apply_rope_qk_triton.register_fake
+def _(qkv, base):
+    B, T, _, H, Dh = qkv.shape
+    return qkv.new_empty((B, T, H, Dh)), qkv.new_empty((B, T, H, Dh))
+
+
+@torch.library.custom_op("etta::apply_rope_qk_triton_backward", mutates_args=())
+def _apply_rope_qk_triton_backward(dq: torch.Tensor, dk: torch.Tensor, base: float) -> torch.Tensor:
+    """dL/dqkv (B, T, 3, H, Dh): the inverse rotation of dq and dk (B, T, H, Dh), zero for v."""
+    from etta_engine.kernels.rope import rope_qk_backward
+
+    return rope_qk_backward(dq, dk, base)
+
+
+@_apply_rope_qk_triton_backward.register_fake
+def _(dq, dk, base):
+    B, T, H, Dh = dq.shape
+    return dq.new_empty((B, T, 3, H, Dh))
+
+
+def _save_qk_context(ctx, inputs, output) -> None:
+    ctx.base = inputs[-1]
+
+
+def _qk_backward(ctx, dq, dk):
+    return _apply_rope_qk_triton_backward(dq, dk, ctx.base), None
+
+
+def _qk_backward_backward(ctx, dqkv):
+    ddq, ddk = _apply_rope_qk_triton(dqkv, ctx.base)  # the backward is linear: its adjoint is the forward
+    return ddq, ddk, None
+
+
+_apply_rope_qk_triton.register_autograd(_qk_backward, setup_context=_save_qk_context)
+_apply_rope_qk_triton_backward.register_autograd(_qk_backward_backward, setup_context=_save_qk_context)
+register("apply_rope_qk", "triton", _apply_rope_qk_triton, triton_unusable)
+
+
+def _check_base(base: float) -> None:
+    if not base > 1.0:
+        raise ValueError(f"base={base} must be > 1")
 
 
 def apply_rope(x: torch.Tensor, base: float = 16384.0, *, impl: str = "auto") -> torch.Tensor:
@@ -41,6 +139,21 @@ def apply_rope(x: torch.Tensor, base: float = 16384.0, *, impl: str = "auto") ->
     check_tensor("x", x, 4)
     if x.shape[-1] % 2:
         raise ValueError(f"apply_rope needs an even head dim, got x of shape {tuple(x.shape)}")
-    if not base > 1.0:
-        raise ValueError(f"base={base} must be > 1")
+    _check_base(base)
     return select("apply_rope", impl, x.device)(x, base)
+
+
+def apply_rope_qk(qkv: torch.Tensor, base: float = 16384.0, *, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE of q and k of a fused QKV projection, as ``apply_rope(qkv[:, :, 0]), apply_rope(qkv[:, :, 1])``.
+
+    qkv: (B, T, 3, H, Dh) with Dh even, any strides (the Triton path reads the views in place and rotates q and k
+    in one launch). Returns (q, k), each (B, T, H, Dh) in ``qkv.dtype``; gradients flow back into the q and k
+    slices of qkv (zero into v).
+    """
+    check_tensor("qkv", qkv, 5)
+    if qkv.shape[2] != 3:
+        raise ValueError(f"qkv must have shape (B, T, 3, H, Dh), got {tuple(qkv.shape)}")
+    if qkv.shape[-1] % 2:
+        raise ValueError(f"apply_rope_qk needs an even head dim, got qkv of shape {tuple(qkv.shape)}")
+    _check_base(base)
+    return select("apply_rope_qk", impl, qkv.device)(qkv, base)
