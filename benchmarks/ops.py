@@ -183,6 +183,7 @@ def main(argv=None) -> Path:
     parser.add_argument("--reps", type=int, default=100)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes (checks the script, not the speed)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the references")
+    parser.add_argument("--ops", default=None, help="comma-separated subset, e.g. gelu_tanh,self_attention")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -191,6 +192,12 @@ def main(argv=None) -> Path:
     rows = []
     with torch.no_grad():
         all_cases = cases(device, dtype, args.smoke, not args.no_compile)
+        if args.ops:
+            wanted = set(args.ops.split(","))
+            unknown = wanted - {c.op for c in all_cases}
+            if unknown:
+                parser.error(f"unknown ops {sorted(unknown)}; choices: {sorted({c.op for c in all_cases})}")
+            all_cases = [c for c in all_cases if c.op in wanted]
         for case in tqdm(all_cases, desc="ops", unit="case"):
             times = {impl: time_ms(fn, device, args.reps) for impl, fn in case.run.items()}
             synchronize(device)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from etta_engine.kernels._launch import rows_per_program
 
 MAX_BLOCK_D = 65536  # a row must fit in the registers of one program
 
@@ -144,14 +145,6 @@ def _num_warps(block_d: int) -> int:
 def _unit_stride(t: torch.Tensor) -> torch.Tensor:
     """``t`` itself if its last dim has unit stride (the kernels take the other strides), else a contiguous copy."""
     return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def rows_per_program(B: int, T: int, device: torch.device, programs_per_row: int = 1) -> int:
-    """Rows t per program for kernels that reduce over t: enough programs to fill the device (about 4 per SM),
-    few enough that the (B, chunks, D) partial sums stay small."""
-    target = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-    chunks = max(1, min(T, target // max(B * programs_per_row, 1)))
-    return triton.cdiv(T, chunks)
 
 
 def adaln_modulate_forward(

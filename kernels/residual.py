@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from etta_engine.kernels.adaln import rows_per_program
+from etta_engine.kernels._launch import rows_per_program
 
 MAX_BLOCK_D = 1024
 

@@ -21,3 +21,21 @@ def test_train_dit_throughput_writes_a_row(tmp_path):
     assert env["torch"] and env["commit"] and "train_dit_throughput.py" in env["command"]
     assert row["preset"] == "tiny" and row["frames"] == 22 and row["steps_timed"] == 2
     assert row["samples_per_s"] > 0 and row["peak_memory_gib"] > 0 and row["parameters"] == 241_472
+
+
+def test_ops_benchmark_and_its_plot(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "ops.py"), "--smoke", "--no-compile", "--device", "cpu",
+           "--reps", "1", "--ops", "gelu_tanh,cross_attention_cfg", "--out", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = tmp_path.glob("ops-*.json")
+    data = json.loads(path.read_text())
+    assert data["environment"]["peaks"]["copy_gbps"] > 0
+    rows = {(r["op"], r["regime"], r["impl"]) for r in data["rows"]}
+    assert {("gelu_tanh", "inference", "torch"), ("gelu_tanh", "training", "triton")} <= rows
+    assert ("cross_attention_cfg", "inference", "triton") in rows
+    gelu = next(r for r in data["rows"] if r["op"] == "gelu_tanh" and r["impl"] == "torch")
+    assert gelu["ms"] > 0 and gelu["gbps"] > 0 and 0 < gelu["fraction_of_copy_peak"]
+    plot = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_ops.py"), str(path)], capture_output=True)
+    assert plot.returncode == 0, plot.stderr
+    assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

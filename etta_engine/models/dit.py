@@ -73,10 +73,11 @@ class SelfAttention(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         B, T, _ = h.shape
         qkv = self.qkv(h).view(B, T, 3, self.heads, self.head_dim)  # (B, T, 3, H, Dh)
-        q = ops.apply_rope(qkv[:, :, 0], self.rope_base, impl=self.ops)  # (B, T, H, Dh)
-        k = ops.apply_rope(qkv[:, :, 1], self.rope_base, impl=self.ops)
         p = self.dropout if self.training else 0.0
-        o = ops.attention(q, k, qkv[:, :, 2], dropout_p=p, impl=self.ops)  # (B, T, H, Dh)
+        # RoPE on q and k is part of the attention op (fused into the Triton kernel), read from the qkv views.
+        o = ops.attention(
+            qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], rope_base=self.rope_base, dropout_p=p, impl=self.ops
+        )
         return F.dropout(self.out(o.reshape(B, T, -1)), p=p)
 
 
@@ -147,11 +148,11 @@ class DiTBlock(nn.Module):
         """The block given its adaLN output ``modulation`` (B, 9 D)."""
         shift_sa, scale_sa, gate_sa, shift_ca, scale_ca, gate_ca, shift_ff, scale_ff, gate_ff = modulation.chunk(9, 1)
         h = ops.adaln_modulate(x, shift_sa, scale_sa, None, 1e-6, impl=self.ops)
-        x = x + gate_sa[:, None] * self.self_attn(h)
+        x = ops.gated_residual(x, gate_sa, self.self_attn(h), impl=self.ops)
         h = ops.adaln_modulate(x, shift_ca, scale_ca, None, 1e-6, impl=self.ops)
-        x = x + gate_ca[:, None] * self.cross_attn(h, self.memory_norm(memory), memory_mask)
+        x = ops.gated_residual(x, gate_ca, self.cross_attn(h, self.memory_norm(memory), memory_mask), impl=self.ops)
         h = ops.adaln_modulate(x, shift_ff, scale_ff, self.ff_norm.weight, self.ff_norm.eps, impl=self.ops)
-        return x + gate_ff[:, None] * self.ff(h)
+        return ops.gated_residual(x, gate_ff, self.ff(h), impl=self.ops)
 
 
 class FinalLayer(nn.Module):
