@@ -1,8 +1,9 @@
 """Public ops of etta_engine.
 
 Each op has a plain-torch ``<op>_ref`` that is its specification and a public ``<op>(..., impl=...)``
-that validates inputs and dispatches to an implementation: ``"auto"`` (the fastest available for
-the device), ``"torch"``, ``"triton"`` or ``"cuda"`` once those kernels are built.
+that validates inputs and dispatches to an implementation: ``"torch"``, ``"triton"`` (kernels/, on CUDA or
+under TRITON_INTERPRET=1), ``"cuda"`` once the extension provides it, or ``"auto"``, which picks the
+torch ops until the kernels' GPU tests and benchmarks have run on a GPU (see ops/_dispatch.py).
 """
 
 from etta_engine.ops.adaln import adaln_modulate, adaln_modulate_ref
