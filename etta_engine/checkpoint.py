@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from etta_engine.config import DiTConfig, ModelConfig, VAEConfig, get_preset
+from etta_engine.config import PRESETS, DiTConfig, ModelConfig, VAEConfig, get_preset
 from etta_engine.convert import convert_official, is_official
 from etta_engine.models.dit import DiT
 from etta_engine.models.model import ETTAModel
@@ -216,6 +216,22 @@ def _materialize(module: nn.Module, sd: dict[str, torch.Tensor], source: str, de
     if dtype is not None:
         module = module.to(dtype)
     return module.eval()
+
+
+def load_model(name_or_path: str | os.PathLike, text_encoder: str | os.PathLike | None = None) -> ETTAModel:
+    """A full model: a preset name (random weights, seed 0) or an ETTAModel checkpoint (ours or official),
+    with its text encoder loaded (``text_encoder``: a local T5 directory for pretrained encoders)."""
+    if isinstance(name_or_path, str) and name_or_path in PRESETS:
+        model = ETTAModel.from_preset(name_or_path)
+    elif Path(name_or_path).is_file():
+        model = load(name_or_path)
+        if not isinstance(model, ETTAModel):
+            raise ValueError(f"{name_or_path} holds a {type(model).__name__}, not a full text-to-audio model")
+    else:
+        raise FileNotFoundError(f"{name_or_path!r} is neither a preset ({sorted(PRESETS)}) nor a checkpoint file")
+    if model.text_encoder is None:
+        model.load_text_encoder(text_encoder)
+    return model
 
 
 def load(

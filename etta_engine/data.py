@@ -114,6 +114,14 @@ def _manifest_number(value, key: str, where: str, *, allow_zero: bool) -> float:
 # ---------------------------------------------------------------------------------------------- audio
 
 
+def resample(audio: torch.Tensor, rate_in: int, rate_out: int) -> torch.Tensor:
+    """``audio`` (..., C, S) float32 resampled from ``rate_in`` to ``rate_out`` Hz with soxr (VHQ)."""
+    flat = audio.reshape(-1, audio.shape[-2], audio.shape[-1]).cpu().numpy()
+    items = [soxr.resample(np.ascontiguousarray(item.T), rate_in, rate_out, quality="VHQ").T for item in flat]
+    out = torch.from_numpy(np.ascontiguousarray(np.stack(items), dtype=np.float32))  # (N, C, S')
+    return out.reshape(*audio.shape[:-1], out.shape[-1])
+
+
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int,
@@ -158,9 +166,9 @@ def load_audio(
         raise AudioReadError(path, "contains NaN or inf samples")
     if channels == 1 and n_channels == 2:
         data = data.mean(axis=1, keepdims=True)
-    if rate != sample_rate:
-        data = soxr.resample(np.ascontiguousarray(data), rate, sample_rate, quality="VHQ")  # (S', C)
     x = torch.from_numpy(np.ascontiguousarray(data.T, dtype=np.float32))  # (C, S)
+    if rate != sample_rate:
+        x = resample(x, rate, sample_rate)
     return x.expand(channels, -1).contiguous() if x.shape[0] != channels else x
 
 

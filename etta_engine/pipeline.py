@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from etta_engine.checkpoint import atomic_write, load
+from etta_engine.checkpoint import atomic_write, load_model
 from etta_engine.config import PRESETS
+from etta_engine.data import resample
 from etta_engine.models.conditioning import DiTConditioning
 from etta_engine.models.model import ETTAModel
 from etta_engine.sampling import VelocityFn, autoguidance, cfg, inpaint, sample, steps_for
@@ -82,16 +83,7 @@ class Pipeline:
         """A preset name (random weights, seed 0) or a checkpoint file (ours or an official ETTA one)."""
         if isinstance(name_or_path, str) and name_or_path in PRESETS:
             log.warning("preset %r has random weights: the output is noise-like, not a trained model's", name_or_path)
-            model = ETTAModel.from_preset(name_or_path)
-        elif Path(name_or_path).is_file():
-            model = load(name_or_path)
-            if not isinstance(model, ETTAModel):
-                raise ValueError(f"{name_or_path} holds a {type(model).__name__}, not a full text-to-audio model")
-        else:
-            raise FileNotFoundError(f"{name_or_path!r} is neither a preset ({sorted(PRESETS)}) nor a checkpoint file")
-        if model.text_encoder is None:
-            model.load_text_encoder(text_encoder_path)
-        return cls(model, device=device)
+        return cls(load_model(name_or_path, text_encoder_path), device=device)
 
     def latent_frames(self, seconds: float) -> int:
         """Latent frames for a clip of ``seconds`` (10 s at 44.1 kHz -> 215, as in ETTA)."""
@@ -154,14 +146,15 @@ class Pipeline:
         if autoguidance_scale is not None:
             velocity = autoguidance(velocity, self._guided_velocity(self.bad_model, *args, **guide), autoguidance_scale)
 
-        dtype = self.model.dit.project_in.weight.dtype
+        dtype = self.model.dit.dtype
         # Noise is drawn on the CPU from each item's own seed: the same on every device and batch size.
         noise = [torch.randn(self.cfg.dit.io_channels, T, generator=torch.Generator().manual_seed(s)) for s in seeds]
         noise = torch.stack(noise).to(self.device, dtype)  # (B, C, T)
         x, kept_audio, keep_samples = noise, None, None
         if init_audio is not None:
             kept_audio = self._prepare_init_audio(init_audio, init_sample_rate, B, T * self.cfg.vae.downsampling_ratio)
-            x0 = self.model.vae.encode(kept_audio.to(self._vae_dtype))[0].to(dtype)  # (B, C, T): the posterior mean
+            mean, _ = self.model.vae.encode(kept_audio.to(self.model.vae.dtype))
+            x0 = mean.to(dtype)  # (B, C, T): the posterior mean
             x = (1 - strength) * x0 + strength * noise
             if keep:
                 keep_samples = self._keep_mask(keep, kept_audio.shape[-1], seconds)
@@ -177,17 +170,13 @@ class Pipeline:
                 t_start=strength,
                 callback=lambda i, _: bar.update(),
             )
-        waveform = self.model.vae.decode(result.x.to(self._vae_dtype), chunk_frames=decode_chunk_frames).float()
+        waveform = self.model.vae.decode(result.x.to(self.model.vae.dtype), chunk_frames=decode_chunk_frames).float()
         if keep_samples is not None:
             waveform = _splice(waveform, kept_audio.float(), keep_samples, fade=self.cfg.sample_rate // 100)
         n_samples = min(waveform.shape[-1], round(seconds * self.cfg.sample_rate))
         return Audio(waveform[..., :n_samples].cpu(), self.cfg.sample_rate)
 
     # ------------------------------------------------------------------ pieces of generate
-
-    @property
-    def _vae_dtype(self) -> torch.dtype:
-        return self.model.vae.decoder.layers[0].weight_v.dtype
 
     def _check_seconds(self, seconds) -> float:
         try:
@@ -203,7 +192,7 @@ class Pipeline:
     ) -> VelocityFn:
         """``model``'s velocity with classifier-free guidance, cond and uncond batched in one forward."""
         dit = model.dit
-        dtype = dit.project_in.weight.dtype
+        dtype = dit.dtype
         cond = model.condition(prompts, 0.0, seconds, truncate=truncate)
         cond = DiTConditioning(cond.context.to(dtype), cond.context_mask, cond.global_cond.to(dtype))
         if scale == 1.0 and interval is None:
@@ -237,7 +226,7 @@ class Pipeline:
         if rate <= 0:
             raise ValueError(f"init_sample_rate={sample_rate} must be positive")
         if rate != self.cfg.sample_rate:
-            x = _resample(x, rate, self.cfg.sample_rate)
+            x = resample(x, rate, self.cfg.sample_rate)
         x = x.expand(B, 2, -1) if x.shape[1] == 2 else x.expand(B, 1, -1).repeat(1, 2, 1)
         x = x[..., :n_samples]
         return torch.nn.functional.pad(x, (0, n_samples - x.shape[-1])).to(self.device)
@@ -257,15 +246,6 @@ class Pipeline:
         """Latent frames (1, 1, T) whose whole span of samples lies inside the kept regions."""
         ratio = self.cfg.vae.downsampling_ratio
         return keep_samples[: T * ratio].view(T, ratio).all(dim=1).view(1, 1, T)
-
-
-def _resample(x: torch.Tensor, rate_in: int, rate_out: int) -> torch.Tensor:
-    try:
-        import soxr
-    except ImportError as e:
-        raise ImportError(f"init_audio at {rate_in} Hz must be resampled to {rate_out} Hz: pip install soxr") from e
-    items = [soxr.resample(item.T.numpy(), rate_in, rate_out, quality="VHQ").T for item in x]  # (C, S') each
-    return torch.from_numpy(np.stack(items).astype(np.float32))
 
 
 def _splice(generated: torch.Tensor, original: torch.Tensor, keep: torch.Tensor, fade: int) -> torch.Tensor:

@@ -22,9 +22,13 @@ StepCallback = Callable[[int, torch.Tensor], None]
 # ------------------------------------------------------------------ schedules
 
 
-def _grid(steps: int, device, dtype) -> torch.Tensor:
+def _check_steps(steps: int) -> None:
     if steps < 1:
         raise ValueError(f"steps={steps} must be >= 1")
+
+
+def _grid(steps: int, device, dtype) -> torch.Tensor:
+    _check_steps(steps)
     return torch.linspace(1.0, 0.0, steps + 1, device=device, dtype=dtype)
 
 
@@ -49,8 +53,7 @@ def logsnr_schedule(
     grid), i.e. ``t = sigmoid(-logsnr)``, with the end points pinned to t = 1 and t = 0."""
     if not logsnr_min < logsnr_max:
         raise ValueError(f"logsnr_min={logsnr_min} must be < logsnr_max={logsnr_max}")
-    if steps < 1:
-        raise ValueError(f"steps={steps} must be >= 1")
+    _check_steps(steps)
     t = torch.sigmoid(-torch.linspace(logsnr_min, logsnr_max, steps + 1, dtype=torch.float64))
     t[0], t[-1] = 1.0, 0.0
     return t.to(device=device, dtype=dtype)

@@ -218,6 +218,11 @@ class DiT(nn.Module):
         for p in self.parameters():
             p.mul_(0.5)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the DiT's parameters (the dtype its inputs must have outside autocast)."""
+        return self.project_in.weight.dtype
+
     def conditioning(self, t: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
         """The adaLN conditioning ``c = time_embed(t) + global_embed(global_cond)``, (B, width)."""
         return self.time_embed(t) + self.global_embed(global_cond)
@@ -266,7 +271,7 @@ class DiT(nn.Module):
             raise ValueError(
                 f"global_cond must have shape ({B}, {cfg.global_cond_dim}), got {tuple(global_cond.shape)}"
             )
-        param_dtype = self.project_in.weight.dtype
+        param_dtype = self.dtype
         if not torch.is_autocast_enabled(x.device.type):
             for name, v in (("x", x), ("context", context), ("global_cond", global_cond)):
                 if v.dtype != param_dtype:

@@ -228,8 +228,13 @@ class VAE(nn.Module):
             out[..., start * r : end * r] = audio[..., (start - lo) * r : (end - lo) * r]
         return out
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the VAE's parameters (the dtype its inputs must have outside autocast)."""
+        return self.decoder.layers[0].weight_v.dtype
+
     def _check_dtype(self, name: str, x: torch.Tensor) -> None:
-        param_dtype = self.encoder.layers[0].weight_v.dtype
+        param_dtype = self.dtype
         if x.dtype != param_dtype and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(f"{name} is {x.dtype} but the VAE's parameters are {param_dtype}; cast one of them")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from etta_engine.checkpoint import CheckpointError, atomic_write, load, read_safetensors
-from etta_engine.config import PRESETS, ModelConfig
+from etta_engine.checkpoint import CheckpointError, atomic_write, load_model, read_safetensors
+from etta_engine.config import ModelConfig
 from etta_engine.data import AudioReadError, AudioTextDataset, read_manifest
 from etta_engine.models.model import ETTAModel
 
@@ -54,19 +54,6 @@ class CacheConfig:
             raise ValueError(f"text_dtype={self.text_dtype!r}; allowed: {sorted(TEXT_DTYPES)}")
         if self.on_error not in ("skip", "raise"):
             raise ValueError(f"on_error={self.on_error!r}; allowed: 'skip', 'raise'")
-
-
-def load_model(name_or_path: str, text_encoder: str | None = None) -> ETTAModel:
-    """A preset (random weights, seed 0) or an ETTAModel checkpoint, with its text encoder loaded."""
-    if name_or_path in PRESETS:
-        model = ETTAModel.from_preset(name_or_path)
-    else:
-        model = load(name_or_path)
-        if not isinstance(model, ETTAModel):
-            raise ValueError(f"{name_or_path} holds a {type(model).__name__}; a full model is needed")
-    if model.text_encoder is None:
-        model.load_text_encoder(text_encoder)
-    return model
 
 
 def _weights_digest(*modules: torch.nn.Module) -> str:
@@ -185,7 +172,7 @@ def _write_shard(path, rows, dataset, model: ETTAModel, cfg: CacheConfig, finger
         if not items:
             continue
         audio = torch.stack([it["audio"][:, : frames * ratio] for it in items]).to(device)  # (b, 2, T r)
-        mean, std = model.vae.encode(audio.to(model.vae.decoder.layers[0].weight_v.dtype))
+        mean, std = model.vae.encode(audio.to(model.vae.dtype))
         prompts = [it["caption"] for it in items]
         try:
             text, mask = model.text_encoder(prompts, truncate=cfg.truncate)

@@ -24,12 +24,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from etta_engine import flow
-from etta_engine.checkpoint import CheckpointError, save
+from etta_engine.checkpoint import CheckpointError, load_model, save
 from etta_engine.data import ResumableSampler
 from etta_engine.models.conditioning import Conditioner
 from etta_engine.models.dit import DiT
 from etta_engine.models.model import ETTAModel
-from etta_engine.train.cache import LatentCache, load_model
+from etta_engine.train.cache import LatentCache
 from etta_engine.train.common import (
     EMA,
     Dist,
