@@ -1,7 +1,8 @@
 """Is each op fast? Every op of etta_engine.ops against the honest alternatives, in the same run:
-eager torch (the reference), ``torch.compile`` of the reference, our Triton kernel, and for attention
-PyTorch's SDPA backends (flash, cuDNN, memory-efficient, math). Plus the whole DiT forward with our
-kernels against without them.
+eager torch (the reference), ``torch.compile`` of the reference, our Triton kernel, the csrc/ runtime kernel
+(impl "cuda": CUDA on a GPU, its C++ twin on the CPU), and for attention PyTorch's SDPA backends (flash, cuDNN,
+memory-efficient, math). Plus the fused guidance + Euler update that ends each sampling step, and the whole
+DiT forward with our kernels against without them.
 
 Two regimes: inference shapes (B=2, T=215, L=514, D=1536: one CFG half of a 10 s clip) timed as
 latency, and training shapes (B=32) reported as GB/s (elementwise and normalisation ops: bytes read +
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from etta_engine import ops
 from etta_engine.config import get_preset
 from etta_engine.models.dit import DiT
+from etta_engine.ops._csrc import csrc_unusable
 
 
 @dataclasses.dataclass
@@ -79,6 +81,8 @@ def cases(device: torch.device, dtype: torch.dtype, smoke: bool, compile_ref: bo
 
     def impls(public: Callable, ref: Callable, *args, **kwargs) -> dict[str, Callable]:
         run = {"torch": lambda: ref(*args, **kwargs), "triton": lambda: public(*args, **kwargs, impl="triton")}
+        if csrc_unusable(device) is None and public is not ops.attention:
+            run["cuda"] = lambda: public(*args, **kwargs, impl="cuda")  # the csrc/ runtime kernels
         if compile_ref:
             compiled = torch.compile(ref)
             run["compile"] = lambda: compiled(*args, **kwargs)
@@ -122,8 +126,19 @@ def cases(device: torch.device, dtype: torch.dtype, smoke: bool, compile_ref: bo
                 Case("cross_attention_cfg", regime, f"2x{B}x{T}x{L}x{Hc}x{Dc}", run, flops=4 * B * Hc * T * L * Dc)
             )
 
+    # The update that ends each sampling step: CFG on a (2B, 64, T) velocity batch and an Euler step of the fp32
+    # state. Bytes: the state read and written (fp32), both velocity halves read.
+    latents = torch.randn(2, cfg.dit.io_channels, T, device=device)
+    v2 = _rand(4, cfg.dit.io_channels, T, device=device, dtype=dtype)
+    run = impls(ops.guided_update, ops.guided_update_ref, latents, v2[:2], v2[2:], guidance=3.5, a=-0.01)
+    run.pop("triton")  # no Triton kernel: the fused update is a csrc/ op
+    nbytes = 2 * latents.numel() * 4 + 2 * latents.numel() * size
+    out.append(Case("guided_update", "inference", f"2x{cfg.dit.io_channels}x{T}", run, bytes=nbytes))
+
     dit_case = Case("dit_forward", "inference", f"4x{T}", {})
-    for impl in ("torch", "triton"):
+    for impl in ("torch", "triton", "cuda"):
+        if impl == "cuda" and csrc_unusable(device) is not None:
+            continue
         with device:
             dit = DiT(dataclasses.replace(cfg.dit, ops=impl)).eval().to(dtype)
         torch.manual_seed(0)

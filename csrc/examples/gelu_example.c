@@ -6,7 +6,7 @@
 int main(void) {
   const float x[4] = {-2.0f, -0.5f, 0.0f, 1.5f};
   float y[4];
-  etta_status status = etta_gelu_tanh_cpu(x, y, 4, ETTA_FLOAT32);
+  etta_status status = etta_gelu_tanh_cpu(x, NULL, y, 1, 4, ETTA_FLOAT32, ETTA_FLOAT32);
   if (status != ETTA_OK) {
     fprintf(stderr, "etta_gelu_tanh_cpu: %s\n", etta_status_string(status));
     return 1;

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from etta_engine._validation import check_tensor
+from etta_engine.ops._csrc import call, csrc_unusable, inference_inputs, promote, rows_contiguous, runtime, stream_of
 from etta_engine.ops._dispatch import fp32_region, register, select, triton_unusable
 
 
@@ -102,6 +103,35 @@ def _adaln_modulate_triton_out(
 
 
 register("adaln_modulate", "triton", _adaln_modulate_triton_out, triton_unusable)
+
+
+# ------------------------------------------------------------------ CUDA C++ runtime (csrc/, inference only)
+
+
+def _adaln_modulate_cuda(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    shift, scale, weight = promote(rows_contiguous(shift), rows_contiguous(scale), weight)
+    runtime().adaln_modulate(x, shift, scale, out, weight, eps, stream_of(x))
+    return out
+
+
+_adaln_modulate_cuda_op = torch.library.custom_op("etta::adaln_modulate_cuda", _adaln_modulate_cuda, mutates_args=())
+
+
+@_adaln_modulate_cuda_op.register_fake
+def _(x, shift, scale, weight, eps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _adaln_modulate_csrc(x, shift, scale, weight, eps):
+    x, shift, scale, weight = inference_inputs("adaln_modulate", x, shift, scale, weight)
+    return call(_adaln_modulate_cuda, _adaln_modulate_cuda_op, x, shift, scale, weight, eps)
+
+
+register("adaln_modulate", "cuda", _adaln_modulate_csrc, csrc_unusable)
 
 
 def adaln_modulate(

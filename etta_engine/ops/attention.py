@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from etta_engine._validation import check_bool_mask, check_tensor
+from etta_engine.ops._csrc import csrc_unusable, inference_inputs
 from etta_engine.ops._dispatch import fp32_region, register, select, triton_unusable
-from etta_engine.ops.rope import apply_rope_ref
+from etta_engine.ops.rope import apply_rope, apply_rope_ref
 
 
 def attention_ref(
@@ -147,6 +148,24 @@ def _attention_triton_impl(q, k, v, key_mask=None, scale=None, dropout_p=0.0, ro
 
 
 register("attention", "triton", _attention_triton_impl, triton_unusable)
+
+
+# ------------------------------------------------------------------ CUDA C++ runtime (csrc/, inference only)
+
+
+def _attention_csrc(q, k, v, key_mask=None, scale=None, dropout_p=0.0, rope_base=None, skip=None):
+    """RoPE by the csrc/ kernel (read in place from strided q and k), then PyTorch's SDPA.
+
+    The runtime library has no attention kernel of its own: SDPA's flash and cuDNN kernels are the attention
+    on CUDA, and what the csrc/ path fuses is the rotation (no rotated copies in torch ops).
+    """
+    q, k, v = inference_inputs("attention", q, k, v)
+    if rope_base is not None:
+        q, k = apply_rope(q, rope_base, impl="cuda"), apply_rope(k, rope_base, impl="cuda")
+    return _attention_sdpa(q, k, v, key_mask, scale, dropout_p, None, skip)
+
+
+register("attention", "cuda", _attention_csrc, csrc_unusable)
 
 
 def attention(

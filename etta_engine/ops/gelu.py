@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from etta_engine._validation import check_tensor
+from etta_engine.ops._csrc import call, csrc_unusable, inference_inputs, runtime, stream_of
 from etta_engine.ops._dispatch import fp32_region, register, select, triton_unusable
 
 
@@ -65,6 +66,32 @@ def _backward(ctx, dy):
 
 _gelu_tanh_triton.register_autograd(_backward, setup_context=_setup_context)
 register("gelu_tanh", "triton", _gelu_tanh_triton, triton_unusable)
+
+
+# ------------------------------------------------------------------ CUDA C++ runtime (csrc/, inference only)
+
+
+def _gelu_tanh_cuda(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    runtime().gelu_tanh(x, out, None if bias is None else bias.contiguous(), stream_of(x))
+    return out
+
+
+_gelu_tanh_cuda_op = torch.library.custom_op("etta::gelu_tanh_cuda", _gelu_tanh_cuda, mutates_args=())
+
+
+@_gelu_tanh_cuda_op.register_fake
+def _(x, bias):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _gelu_tanh_csrc(x, bias):
+    x, bias = inference_inputs("gelu_tanh", x, bias)
+    return call(_gelu_tanh_cuda, _gelu_tanh_cuda_op, x, bias)
+
+
+register("gelu_tanh", "cuda", _gelu_tanh_csrc, csrc_unusable)
 
 
 def gelu_tanh(x: torch.Tensor, bias: torch.Tensor | None = None, *, impl: str = "auto") -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from etta_engine._validation import check_tensor
+from etta_engine.ops._csrc import call, csrc_unusable, inference_inputs, rows_contiguous, runtime, stream_of
 from etta_engine.ops._dispatch import fp32_region, register, select, triton_unusable
 
 
@@ -67,6 +68,32 @@ def _backward(ctx, dout):
 
 _gated_residual_triton.register_autograd(_backward, setup_context=_setup_context)
 register("gated_residual", "triton", _gated_residual_triton, triton_unusable)
+
+
+# ------------------------------------------------------------------ CUDA C++ runtime (csrc/, inference only)
+
+
+def _gated_residual_cuda(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x, y = x.contiguous(), y.contiguous()
+    out = torch.empty_like(x)
+    runtime().gated_residual(x, rows_contiguous(gate), y, out, stream_of(x))
+    return out
+
+
+_gated_residual_cuda_op = torch.library.custom_op("etta::gated_residual_cuda", _gated_residual_cuda, mutates_args=())
+
+
+@_gated_residual_cuda_op.register_fake
+def _(x, gate, y):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _gated_residual_csrc(x, gate, y):
+    x, gate, y = inference_inputs("gated_residual", x, gate, y)
+    return call(_gated_residual_cuda, _gated_residual_cuda_op, x, gate, y)
+
+
+register("gated_residual", "cuda", _gated_residual_csrc, csrc_unusable)
 
 
 def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from etta_engine._validation import check_tensor
+from etta_engine.ops._csrc import call, csrc_unusable, inference_inputs, rows_contiguous, runtime, stream_of
 from etta_engine.ops._dispatch import fp32_region, register, select, triton_unusable
 
 
@@ -127,6 +128,56 @@ def _qk_backward_backward(ctx, dqkv):
 _apply_rope_qk_triton.register_autograd(_qk_backward, setup_context=_save_qk_context)
 _apply_rope_qk_triton_backward.register_autograd(_qk_backward_backward, setup_context=_save_qk_context)
 register("apply_rope_qk", "triton", _apply_rope_qk_triton, triton_unusable)
+
+
+# ------------------------------------------------------------------ CUDA C++ runtime (csrc/, inference only)
+# The kernels read strided inputs in place (only the head dim must be contiguous) and write dense outputs.
+
+
+def _apply_rope_cuda(x: torch.Tensor, base: float) -> torch.Tensor:
+    x = rows_contiguous(x)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    runtime().rope(x, out, base, False, stream_of(x))
+    return out
+
+
+_apply_rope_cuda_op = torch.library.custom_op("etta::apply_rope_cuda", _apply_rope_cuda, mutates_args=())
+
+
+@_apply_rope_cuda_op.register_fake
+def _(x, base):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _apply_rope_qk_cuda(qkv: torch.Tensor, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    qkv = rows_contiguous(qkv)
+    B, T, _, H, Dh = qkv.shape
+    q, k = (qkv.new_empty((B, T, H, Dh)) for _ in range(2))
+    runtime().rope_qk(qkv, q, k, base, False, stream_of(qkv))
+    return q, k
+
+
+_apply_rope_qk_cuda_op = torch.library.custom_op("etta::apply_rope_qk_cuda", _apply_rope_qk_cuda, mutates_args=())
+
+
+@_apply_rope_qk_cuda_op.register_fake
+def _(qkv, base):
+    B, T, _, H, Dh = qkv.shape
+    return qkv.new_empty((B, T, H, Dh)), qkv.new_empty((B, T, H, Dh))
+
+
+def _apply_rope_csrc(x, base):
+    (x,) = inference_inputs("apply_rope", x)
+    return call(_apply_rope_cuda, _apply_rope_cuda_op, x, base)
+
+
+def _apply_rope_qk_csrc(qkv, base):
+    (qkv,) = inference_inputs("apply_rope_qk", qkv)
+    return call(_apply_rope_qk_cuda, _apply_rope_qk_cuda_op, qkv, base)
+
+
+register("apply_rope", "cuda", _apply_rope_csrc, csrc_unusable)
+register("apply_rope_qk", "cuda", _apply_rope_qk_csrc, csrc_unusable)
 
 
 def _check_base(base: float) -> None:
