@@ -30,9 +30,17 @@ def csrc_unusable(device: torch.device) -> str | None:
     return f"the csrc/ kernels run on CPU and CUDA devices, not on {device.type}"
 
 
-def stream_of(t: torch.Tensor) -> int:
-    """The current CUDA stream of ``t``'s device as an int (0 for CPU tensors)."""
-    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
+def launch(t: torch.Tensor, name: str, *args) -> None:
+    """``_C.<name>(*args, stream)`` for the device of ``t``: on a CUDA tensor, its device made current (the
+    kernels launch on the current device, and DLPack export requires it) and its current stream."""
+    fn = getattr(runtime(), name)
+    if not t.is_cuda:
+        fn(*args, 0)
+    elif t.device.index == torch.cuda.current_device():
+        fn(*args, torch.cuda.current_stream().cuda_stream)
+    else:
+        with torch.cuda.device(t.device):
+            fn(*args, torch.cuda.current_stream().cuda_stream)
 
 
 def inference_inputs(op: str, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from etta_engine._validation import check_tensor
-from etta_engine.ops._csrc import call, csrc_unusable, inference_inputs, promote, rows_contiguous, runtime, stream_of
+from etta_engine.ops._csrc import call, csrc_unusable, inference_inputs, launch, promote, rows_contiguous
 from etta_engine.ops._dispatch import fp32_region, register, select, triton_unusable
 
 
@@ -114,7 +114,7 @@ def _adaln_modulate_cuda(
     x = x.contiguous()
     out = torch.empty_like(x)
     shift, scale, weight = promote(rows_contiguous(shift), rows_contiguous(scale), weight)
-    runtime().adaln_modulate(x, shift, scale, out, weight, eps, stream_of(x))
+    launch(x, "adaln_modulate", x, shift, scale, out, weight, eps)
     return out
 
 

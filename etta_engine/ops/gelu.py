@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from etta_engine._validation import check_tensor
-from etta_engine.ops._csrc import call, csrc_unusable, inference_inputs, runtime, stream_of
+from etta_engine.ops._csrc import call, csrc_unusable, inference_inputs, launch
 from etta_engine.ops._dispatch import fp32_region, register, select, triton_unusable
 
 
@@ -74,7 +74,7 @@ register("gelu_tanh", "triton", _gelu_tanh_triton, triton_unusable)
 def _gelu_tanh_cuda(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     x = x.contiguous()
     out = torch.empty_like(x)
-    runtime().gelu_tanh(x, out, None if bias is None else bias.contiguous(), stream_of(x))
+    launch(x, "gelu_tanh", x, out, None if bias is None else bias.contiguous())
     return out
 
 

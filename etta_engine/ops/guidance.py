@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from etta_engine.ops._csrc import call, csrc_unusable, inference_inputs, runtime, stream_of
+from etta_engine.ops._csrc import call, csrc_unusable, inference_inputs, launch
 from etta_engine.ops._dispatch import fp32_region, register, select
 
 
@@ -61,7 +61,7 @@ def _guided_update_cuda(
     v_uncond = None if v_uncond is None else v_uncond.contiguous()
     v_prev = None if v_prev is None else v_prev.contiguous()
     x_out, v_out = torch.empty_like(x), torch.empty_like(v_cond)
-    runtime().guided_update(x, v_cond, x_out, v_uncond, v_prev, v_out, guidance, a, b, stream_of(x))
+    launch(x, "guided_update", x, v_cond, x_out, v_uncond, v_prev, v_out, guidance, a, b)
     return x_out, v_out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from etta_engine._validation import check_tensor
-from etta_engine.ops._csrc import call, csrc_unusable, inference_inputs, rows_contiguous, runtime, stream_of
+from etta_engine.ops._csrc import call, csrc_unusable, inference_inputs, launch, rows_contiguous
 from etta_engine.ops._dispatch import fp32_region, register, select, triton_unusable
 
 
@@ -76,7 +76,7 @@ register("gated_residual", "triton", _gated_residual_triton, triton_unusable)
 def _gated_residual_cuda(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     x, y = x.contiguous(), y.contiguous()
     out = torch.empty_like(x)
-    runtime().gated_residual(x, rows_contiguous(gate), y, out, stream_of(x))
+    launch(x, "gated_residual", x, rows_contiguous(gate), y, out)
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from etta_engine._validation import check_tensor
-from etta_engine.ops._csrc import call, csrc_unusable, inference_inputs, rows_contiguous, runtime, stream_of
+from etta_engine.ops._csrc import call, csrc_unusable, inference_inputs, launch, rows_contiguous
 from etta_engine.ops._dispatch import fp32_region, register, select, triton_unusable
 
 
@@ -137,7 +137,7 @@ register("apply_rope_qk", "triton", _apply_rope_qk_triton, triton_unusable)
 def _apply_rope_cuda(x: torch.Tensor, base: float) -> torch.Tensor:
     x = rows_contiguous(x)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    runtime().rope(x, out, base, False, stream_of(x))
+    launch(x, "rope", x, out, base, False)
     return out
 
 
@@ -153,7 +153,7 @@ def _apply_rope_qk_cuda(qkv: torch.Tensor, base: float) -> tuple[torch.Tensor, t
     qkv = rows_contiguous(qkv)
     B, T, _, H, Dh = qkv.shape
     q, k = (qkv.new_empty((B, T, H, Dh)) for _ in range(2))
-    runtime().rope_qk(qkv, q, k, base, False, stream_of(qkv))
+    launch(qkv, "rope_qk", qkv, q, k, base, False)
     return q, k
 
 
