@@ -1,0 +1,122 @@
+"""Is the engine's DiT step faster than the plain model's? One velocity evaluation of a CFG batch (one prompt
+and the zero-memory uncond row) at a preset's full size: the eager reference ``dit(x, t, *cond)`` against the
+prepared engine step (adaLN for the whole schedule, prompt K/V and timestep embeddings hoisted, the uncond
+cross-attention skipped), timed alternately in one run so that both see the same machine load.
+
+    python benchmarks/engine_step.py --preset etta --device cpu --dtype fp32 --reps 3
+    python benchmarks/engine_step.py --preset etta --device cuda --dtype bf16 --compile   # + torch.compile rows
+
+Rows go to benchmarks/results/engine_step-<device>-<date>.json with the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from _common import environment, synchronize, write_results
+from tqdm.auto import tqdm
+
+from etta_engine.config import get_preset
+from etta_engine.engine import DiTEngine, evaluation_times
+from etta_engine.models.conditioning import DiTConditioning
+from etta_engine.models.dit import DiT
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cfg_batch(cfg, frames: int, prompt_tokens: int, device, dtype):
+    """x (2, C, T), t (2,), and the conditioning of [prompt, official null] (zero memory, same mask)."""
+    g = torch.Generator().manual_seed(0)
+    L = cfg.context_length
+    context = torch.randn(1, L, cfg.dit.cond_dim, generator=g)
+    mask = (torch.arange(L) < prompt_tokens)[None, :]
+    global_cond = torch.randn(1, cfg.dit.global_cond_dim, generator=g)
+    cond = DiTConditioning(
+        torch.cat((context, torch.zeros_like(context))).to(device, dtype),
+        torch.cat((mask, mask)).to(device),
+        torch.cat((global_cond, global_cond)).to(device, dtype),
+    )
+    x = torch.randn(2, cfg.dit.io_channels, frames, generator=g).to(device, dtype)
+    return x, torch.full((2,), 0.5, device=device), cond
+
+
+def run(args) -> list[dict]:
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    cfg = get_preset(args.preset)
+    with torch.device(device):
+        dit = DiT(cfg.dit).eval().to(dtype)
+    x, t, cond = cfg_batch(cfg, args.frames, args.prompt_tokens, device, dtype)
+    times = evaluation_times("euler", args.nfe)
+
+    synchronize(device)
+    start = time.perf_counter()
+    velocity = DiTEngine(dit, ops=args.ops).prepare(cond, times)
+    synchronize(device)
+    prepare_ms = (time.perf_counter() - start) * 1e3
+
+    steps = {"reference": lambda: dit(x, t, *cond), "engine": lambda: velocity.velocity(x, 0)}
+    if args.compile:
+        compiled = torch.compile(dit)
+        steps["compile"] = lambda: compiled(x, t, *cond)
+    times_ms: dict[str, list[float]] = {name: [] for name in steps}
+    with torch.no_grad():
+        for fn in steps.values():  # warm-up (and compilation)
+            fn()
+        for _ in tqdm(range(args.reps), desc="engine step", unit="rep"):
+            for name, fn in steps.items():  # alternate, so that load changes hit every variant alike
+                synchronize(device)
+                start = time.perf_counter()
+                fn()
+                synchronize(device)
+                times_ms[name].append((time.perf_counter() - start) * 1e3)
+    ref = statistics.median(times_ms["reference"])
+    rows = []
+    for name, ms in times_ms.items():
+        median = statistics.median(ms)
+        rows.append(
+            {
+                "preset": args.preset,
+                "variant": name,
+                "dtype": args.dtype,
+                "ops": args.ops or cfg.dit.ops,
+                "batch": 2,
+                "frames": args.frames,
+                "context_length": cfg.context_length,
+                "ms": median,
+                "ms_all": ms,
+                "speedup_vs_reference": ref / median,
+                "prepare_ms": prepare_ms if name == "engine" else None,
+                "prepare_calls": len(times),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="etta")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--ops", default=None, help="ops implementation of the engine step (default: the DiT's)")
+    parser.add_argument("--frames", type=int, default=215, help="latent frames (215 = 10 s)")
+    parser.add_argument("--prompt-tokens", type=int, default=24, help="valid tokens of the prompt's mask")
+    parser.add_argument("--nfe", type=int, default=8, help="calls prepared for (the hoisted adaLN covers them)")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile(dit) row")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    args = parser.parse_args()
+    if args.reps < 1 or args.nfe < 1 or args.frames < 1:
+        parser.error("--reps, --nfe and --frames must be >= 1")
+    rows = run(args)
+    path = write_results("engine_step", environment(torch.device(args.device)), rows, args.out)
+    for r in rows:
+        print(f"{r['variant']:<10} {r['ms']:10.2f} ms  x{r['speedup_vs_reference']:.3f}")
+    print(f"-> {path}")
+
+
+if __name__ == "__main__":
+    main()
