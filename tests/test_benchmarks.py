@@ -52,3 +52,24 @@ def test_engine_step_benchmark_writes_rows(tmp_path):
     assert set(rows) == {"reference", "engine"}
     assert rows["reference"]["speedup_vs_reference"] == 1.0 and len(rows["engine"]["ms_all"]) == 2
     assert rows["engine"]["prepare_calls"] == 4 and rows["engine"]["prepare_ms"] > 0
+
+
+def test_sweep_smoke_and_its_plot(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "sweep.py"), "--smoke", "--out", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = tmp_path.glob("sweep-*.json")
+    rows = json.loads(path.read_text())["rows"]
+    cells = {(r["backend"], r["solver"], r["nfe"], r["cfg_scale"]) for r in rows}
+    assert len(cells) == len(rows) == 3 * 2 * 2 * 2  # backends x solvers x NFE x CFG
+    for r in rows:
+        assert r["e2e_ms"] >= r["dit_ms"] > 0 and r["rtf"] > 0
+    # Same noise, same maths: the backends agree on the error, and more steps of a solver err less.
+    by = {(r["backend"], r["solver"], r["nfe"], r["cfg_scale"]): r["latent_rel_rmse"] for r in rows}
+    for (backend, solver, nfe, scale), err in by.items():
+        assert abs(err - by[("eager", solver, nfe, scale)]) <= 1e-4
+        if nfe == 4:
+            assert err < by[(backend, solver, 2, scale)]
+    plot = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_sweep.py"), str(path)], capture_output=True)
+    assert plot.returncode == 0, plot.stderr
+    assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,74 @@
+"""Plots of a benchmarks/sweep.py result: end-to-end latency against NFE, and the error against latency with
+each solver's Pareto front (the settings no other setting beats on both), one column per guidance scale.
+
+python benchmarks/plot_sweep.py benchmarks/results/sweep-<device>-<date>.json -o sweep.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points not dominated in (latency, error), sorted by latency."""
+    front, best = [], float("inf")
+    for latency, error in sorted(points):
+        if error < best:
+            front.append((latency, error))
+            best = error
+    return front
+
+
+def plot(result: Path, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = json.loads(result.read_text())["rows"]
+    scales = sorted({r["cfg_scale"] for r in rows})
+    solvers = sorted({r["solver"] for r in rows})
+    backends = sorted({r["backend"] for r in rows})
+    fig, axes = plt.subplots(2, len(scales), figsize=(5.5 * len(scales), 8), squeeze=False)
+    for col, scale in enumerate(scales):
+        top, bottom = axes[0, col], axes[1, col]
+        for solver in solvers:
+            for backend in backends:
+                cells = sorted(
+                    (r["nfe"], r["e2e_ms"])
+                    for r in rows
+                    if (r["solver"], r["backend"], r["cfg_scale"]) == (solver, backend, scale)
+                )
+                if cells:
+                    top.plot(*zip(*cells, strict=True), marker="o", label=f"{solver} / {backend}")
+            points = [
+                (r["e2e_ms"], r["latent_rel_rmse"]) for r in rows if (r["solver"], r["cfg_scale"]) == (solver, scale)
+            ]
+            if points:
+                scatter = bottom.scatter(*zip(*points, strict=True), s=12, alpha=0.5)
+                front = pareto(points)
+                bottom.plot(*zip(*front, strict=True), color=scatter.get_facecolor()[0], label=solver)
+        top.set(xscale="log", yscale="log", xlabel="NFE", ylabel="end-to-end latency (ms)", title=f"CFG {scale:g}")
+        bottom.set(xscale="log", yscale="log", xlabel="end-to-end latency (ms)", ylabel="latent relative RMSE")
+        bottom.set_title("error vs latency (lines: Pareto front per solver)", fontsize=9)
+        top.legend(fontsize=6)
+        bottom.legend(fontsize=7)
+    fig.suptitle(result.stem, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("result", type=Path)
+    parser.add_argument("-o", "--out", type=Path, default=None, help="PNG path (default: next to the JSON)")
+    args = parser.parse_args()
+    print(plot(args.result, args.out or args.result.with_suffix(".png")))
+
+
+if __name__ == "__main__":
+    main()

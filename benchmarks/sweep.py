@@ -1,0 +1,186 @@
+"""What does each NFE, solver, guidance setting and backend cost, and what quality does it buy? Text to audio
+with a preset's model, every combination timed by stage (text encoder, DiT loop, VAE decode) with its
+distance to a high-accuracy solution from the same noise (rk4 at --reference-nfe calls, eager, fp32 maths):
+the latent RMSE (relative) and a multi-resolution spectral distance of the decoded audio.
+
+Backends: ``eager`` (the model called per step), ``compile`` (``torch.compile`` of the DiT), and the engine
+(:mod:`etta_engine.engine`: hoisted adaLN/K-V/timestep work, skipped uncond cross-attention) with the torch,
+Triton or csrc/ ops (``engine-torch``, ``engine-triton``, ``engine-cuda``) wherever they can run.
+
+    python benchmarks/sweep.py --model etta --device cuda --dtype bf16             # the full grid
+    python benchmarks/sweep.py --smoke                                             # CPU, tiny, a few cells
+    python benchmarks/plot_sweep.py benchmarks/results/sweep-<device>-<date>.json  # latency vs NFE, Pareto
+
+Rows go to benchmarks/results/sweep-<device>-<date>.json with the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from pathlib import Path
+
+import torch
+from _common import environment, synchronize, write_results
+from tqdm.auto import tqdm
+
+from etta_engine.checkpoint import load_model
+from etta_engine.engine import DiTEngine, evaluation_times
+from etta_engine.models.conditioning import DiTConditioning
+from etta_engine.models.model import ETTAModel
+from etta_engine.ops._csrc import csrc_unusable
+from etta_engine.ops._dispatch import triton_unusable
+from etta_engine.sampling import cfg, sample, steps_for
+from etta_engine.train.losses import MultiResolutionSTFTLoss
+
+NFES = (1, 2, 4, 8, 16, 32, 50, 100)
+SOLVERS = ("euler", "heun", "midpoint", "dpmpp_2m")
+BACKENDS = ("eager", "compile", "engine-torch", "engine-triton", "engine-cuda")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def backend_unusable(name: str, device: torch.device) -> str | None:
+    if name == "engine-triton":
+        return triton_unusable(device)
+    if name == "engine-cuda":
+        return csrc_unusable(device)
+    return None
+
+
+def velocity_fn(backend: str, model: ETTAModel, both: DiTConditioning, times: list[float], compiled):
+    """The batched velocity of one generation for ``backend`` (a fresh prepare per run: its cost is counted)."""
+    if backend == "eager":
+        return lambda x, t: model.dit(x, t, *both)
+    if backend == "compile":
+        return lambda x, t: compiled(x, t, *both)
+    return DiTEngine(model.dit, ops=backend.removeprefix("engine-")).prepare(both, times)
+
+
+def timed(device: torch.device, fn):
+    synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return out, (time.perf_counter() - start) * 1e3
+
+
+def run(args) -> list[dict]:
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    model = load_model(args.model).to(device).eval()
+    if not model.dit.final.linear.weight.any():
+        # An untrained preset's velocity is exactly zero (adaLN-Zero): give it weights so the solvers differ.
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(0)
+            for p in model.dit.parameters():
+                p.normal_(0, 0.02)
+    model.dit.to(dtype)
+    if model.text_encoder is None:
+        raise SystemExit(f"{args.model!r} needs a pretrained text encoder (not loaded here): use a model with its own")
+    mcfg = model.cfg
+    frames = max(1, round(args.seconds * mcfg.latent_rate))
+    prompts = ["a dog barks twice, then rain on a tin roof"]
+    noise = torch.randn(1, mcfg.dit.io_channels, frames, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    compiled = torch.compile(model.dit) if "compile" in args.backends else None
+    mrstft = MultiResolutionSTFTLoss().to(device)
+
+    def generate(backend: str, solver: str, nfe: int, scale: float):
+        """(latents, decoded audio, stage times in ms) of one generation."""
+        cond, text_ms = timed(device, lambda: model.condition(prompts, 0.0, args.seconds))
+        cond = DiTConditioning(cond.context.to(dtype), cond.context_mask, cond.global_cond.to(dtype))
+        guided = scale != 1.0
+        null = DiTConditioning(torch.zeros_like(cond.context), cond.context_mask, cond.global_cond)
+        both = DiTConditioning(*(torch.cat(p) for p in zip(cond, null, strict=True))) if guided else cond
+
+        def loop():
+            times = evaluation_times(solver, nfe) if backend.startswith("engine") else []
+            fn = velocity_fn(backend, model, both, times, compiled)
+            return sample(cfg(fn, scale) if guided else fn, noise, solver=solver, nfe=nfe).x
+
+        x, dit_ms = timed(device, loop)
+        audio, vae_ms = timed(device, lambda: model.vae.decode(x.to(model.vae.dtype)).float())
+        return x.float(), audio, {"text_ms": text_ms, "dit_ms": dit_ms, "vae_ms": vae_ms}
+
+    rows = []
+    cells = [
+        (b, s, n, w)
+        for b, s, n, w in itertools.product(args.backends, args.solvers, args.nfes, args.cfg_scales)
+        if backend_unusable(b, device) is None and _fits(s, n)
+    ]
+    references = {}
+    with torch.no_grad():
+        for scale in args.cfg_scales:  # the high-accuracy solution of each guidance setting
+            references[scale] = generate("eager", "rk4", args.reference_nfe, scale)[:2]
+        for backend, solver, nfe, scale in tqdm(cells, desc="sweep", unit="cell"):
+            generate(backend, solver, nfe, scale)  # warm-up (compilation, allocator)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            x, audio, stages = generate(backend, solver, nfe, scale)
+            x_ref, audio_ref = references[scale]
+            e2e = sum(stages.values())
+            peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            rmse = (x - x_ref).pow(2).mean().sqrt() / x_ref.pow(2).mean().sqrt().clamp_min(1e-12)
+            spectral = mrstft(audio.flatten(0, 1)[:, None], audio_ref.flatten(0, 1)[:, None])
+            rows.append(
+                {
+                    "model": args.model,
+                    "backend": backend,
+                    "solver": solver,
+                    "nfe": nfe,
+                    "cfg_scale": scale,
+                    "dtype": args.dtype,
+                    "seconds": args.seconds,
+                    **stages,
+                    "e2e_ms": e2e,
+                    "rtf": e2e / 1e3 / args.seconds,
+                    "peak_memory_gib": peak,
+                    "latent_rel_rmse": float(rmse),
+                    "spectral_distance": float(spectral),
+                    "reference": f"rk4 nfe={args.reference_nfe}",
+                }
+            )
+    return rows
+
+
+def _fits(solver: str, nfe: int) -> bool:
+    try:
+        steps_for(solver, nfe)
+    except ValueError:
+        return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", help="preset name (random weights) or checkpoint path")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--nfes", type=lambda s: [int(v) for v in s.split(",")], default=list(NFES))
+    parser.add_argument("--solvers", type=lambda s: s.split(","), default=list(SOLVERS))
+    parser.add_argument("--cfg-scales", type=lambda s: [float(v) for v in s.split(",")], default=[1.0, 3.5])
+    parser.add_argument("--backends", type=lambda s: s.split(","), default=list(BACKENDS))
+    parser.add_argument("--reference-nfe", type=int, default=400)
+    parser.add_argument("--smoke", action="store_true", help="CPU check of the script: tiny, 1 s, a few cells")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    args = parser.parse_args()
+    if args.smoke:
+        args.model, args.device, args.seconds, args.reference_nfe = "tiny", "cpu", 1.0, 16
+        args.nfes, args.solvers, args.backends = [2, 4], ["euler", "heun"], ["eager", "engine-torch", "engine-cuda"]
+    unknown = sorted(set(args.backends) - set(BACKENDS))
+    if unknown:
+        parser.error(f"unknown backends {unknown}; choices: {list(BACKENDS)}")
+    for solver in args.solvers:
+        steps_for(solver, 100)  # unknown solvers fail here, with the choices
+    rows = run(args)
+    path = write_results("sweep", environment(torch.device(args.device)), rows, args.out)
+    for r in rows:
+        print(
+            f"{r['backend']:<14} {r['solver']:<9} nfe={r['nfe']:<4} cfg={r['cfg_scale']:<4} "
+            f"{r['e2e_ms']:9.1f} ms (dit {r['dit_ms']:.1f})  rmse {r['latent_rel_rmse']:.3g}"
+        )
+    print(f"-> {path}")
+
+
+if __name__ == "__main__":
+    main()
