@@ -28,6 +28,10 @@ from etta_engine.models.vae import VAE
 
 FORMAT = "etta_engine"
 FORMAT_VERSION = "1"
+ASSETS = Path(__file__).resolve().parent / "assets"
+# Trained models that ship inside the package, by name: they load offline. A name here takes precedence
+# over the preset of the same name (whose random weights remain ``ETTAModel.from_preset(name)``).
+PRETRAINED: dict[str, Path] = {"demo": ASSETS / "demo.safetensors"}
 _KINDS: dict[str, tuple[type[nn.Module], type]] = {
     "model": (ETTAModel, ModelConfig),
     "dit": (DiT, DiTConfig),
@@ -218,17 +222,34 @@ def _materialize(module: nn.Module, sd: dict[str, torch.Tensor], source: str, de
     return module.eval()
 
 
+def is_pretrained(name_or_path: str | os.PathLike) -> bool:
+    """True if ``name_or_path`` names a model that ships trained with the package (:data:`PRETRAINED`)."""
+    return isinstance(name_or_path, str) and name_or_path in PRETRAINED
+
+
 def load_model(name_or_path: str | os.PathLike, text_encoder: str | os.PathLike | None = None) -> ETTAModel:
-    """A full model: a preset name (random weights, seed 0) or an ETTAModel checkpoint (ours or official),
-    with its text encoder loaded (``text_encoder``: a local T5 directory for pretrained encoders)."""
-    if isinstance(name_or_path, str) and name_or_path in PRESETS:
+    """A full model: the name of a shipped trained model (``"demo"``), a preset name (random weights, seed 0)
+    or an ETTAModel checkpoint (ours or official), with its text encoder loaded (``text_encoder``: a local T5
+    directory for pretrained encoders)."""
+    if is_pretrained(name_or_path):
+        path = PRETRAINED[name_or_path]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"the trained {name_or_path!r} model should ship at {path} but is missing; reinstall the package "
+                "or rebuild it with scripts/train_demo.py"
+            )
+        model = load(path)
+    elif isinstance(name_or_path, str) and name_or_path in PRESETS:
         model = ETTAModel.from_preset(name_or_path)
     elif Path(name_or_path).is_file():
         model = load(name_or_path)
         if not isinstance(model, ETTAModel):
             raise ValueError(f"{name_or_path} holds a {type(model).__name__}, not a full text-to-audio model")
     else:
-        raise FileNotFoundError(f"{name_or_path!r} is neither a preset ({sorted(PRESETS)}) nor a checkpoint file")
+        raise FileNotFoundError(
+            f"{name_or_path!r} is neither a trained model ({sorted(PRETRAINED)}), a preset ({sorted(PRESETS)}) "
+            "nor a checkpoint file"
+        )
     if model.text_encoder is None:
         model.load_text_encoder(text_encoder)
     return model

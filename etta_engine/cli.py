@@ -1,4 +1,4 @@
-"""The ``etta`` command line: ``generate``, ``convert``, ``info``."""
+"""The ``etta`` command line: ``generate``, ``convert``, ``info``, ``export``, ``cache``, ``train``."""
 
 from __future__ import annotations
 
@@ -6,28 +6,40 @@ import argparse
 import dataclasses
 import logging
 import sys
-from pathlib import Path
+
+from etta_engine.runtime.cli import add_runtime_args, add_sampling_args, check_output, output_paths, read_prompts
+
+# --backend of `etta generate` -> the runtime backend (torch is the Pipeline itself)
+_RUNTIME_BACKENDS = {"onnx": "onnxruntime", "tensorrt": "tensorrt"}
 
 
-def _output_paths(output: Path, n: int) -> list[Path]:
-    if n == 1:
-        return [output]
-    return [output.with_name(f"{output.stem}_{i}{output.suffix}") for i in range(n)]
+def _generate_with_runtime(args: argparse.Namespace) -> int:
+    """``etta generate --backend onnx|tensorrt``: the torch-free runtime on an export directory."""
+    torch_only = {
+        "--init-audio": args.init_audio,
+        "--keep": args.keep,
+        "--strength": args.strength != 1.0,
+        "--text-encoder": args.text_encoder,
+        "--device": args.device,
+    }
+    used = [flag for flag, value in torch_only.items() if value]
+    if used:
+        raise SystemExit(
+            f"etta generate: {', '.join(used)} need --backend torch (the exported graphs have no VAE encoder; "
+            "the device is chosen by the runtime's providers)"
+        )
+    from etta_engine.runtime.cli import generate_from_args
+
+    return generate_from_args(args, _RUNTIME_BACKENDS[args.backend], "etta generate")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.backend != "torch":
+        return _generate_with_runtime(args)
     from etta_engine.pipeline import Pipeline
 
-    prompts = list(args.prompt)
-    if args.prompts_file:
-        lines = Path(args.prompts_file).read_text(encoding="utf-8").splitlines()
-        prompts += [line.strip() for line in lines if line.strip()]
-    if not prompts:
-        raise SystemExit("etta generate: give a prompt or --prompts-file")
-    prompts = [p for p in prompts for _ in range(args.batch)]
-    output = Path(args.output)
-    if not output.parent.is_dir():
-        raise SystemExit(f"etta generate: output directory {output.parent} does not exist")
+    prompts = read_prompts(args, "etta generate")
+    output = check_output(args.output, "etta generate")
     init_audio = init_rate = None
     if args.init_audio:
         import soundfile as sf
@@ -53,7 +65,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         decode_chunk_frames=args.decode_chunk or None,
         progress=not args.quiet,
     )
-    for i, path in enumerate(_output_paths(output, len(prompts))):
+    for i, path in enumerate(output_paths(output, len(prompts))):
         audio.save(path, index=i)
         print(f"wrote {path} ({audio.seconds:.2f} s, {audio.sample_rate} Hz, {audio.waveform.shape[1]} ch)")
     return 0
@@ -75,6 +87,114 @@ def cmd_convert(args: argparse.Namespace) -> int:
     n = sum(p.numel() for p in module.parameters())
     print(f"wrote {args.dst}: {type(module).__name__}, {n:,} parameters")
     return 0
+
+
+# ------------------------------------------------------------------ export
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from etta_engine.export import export_onnx
+
+    manifest = export_onnx(
+        _model_for_export(args),
+        args.out,
+        parts=args.parts,
+        dtype=args.dtype,
+        opset=args.opset,
+        force=args.force,
+        verify=args.verify,
+        progress=not args.quiet,
+        source=args.model,
+    )
+    errors = manifest.export.get("verification_max_rel_err", {})
+    for name, entry in manifest.graphs.items():
+        checked = f", ONNX Runtime vs torch rel. err {errors[name]:.1e}" if name in errors else ""
+        print(f"wrote {args.out}/{entry.file} ({entry.dtype}{checked})")
+    return 0
+
+
+def _model_for_export(args: argparse.Namespace):
+    """The model to export. Without the conditioner, a pretrained T5 is not needed, so it is not loaded."""
+    from pathlib import Path
+
+    from etta_engine.checkpoint import load, load_model
+    from etta_engine.config import PRESETS
+    from etta_engine.models.model import ETTAModel
+
+    if "conditioner" in args.parts or args.text_encoder is not None:
+        return load_model(args.model, args.text_encoder)
+    if args.model in PRESETS and PRESETS[args.model].text.pretrained is not None:
+        return ETTAModel.from_preset(args.model)
+    if args.model not in PRESETS and Path(args.model).is_file():
+        model = load(args.model)
+        if not isinstance(model, ETTAModel):
+            raise ValueError(f"{args.model} holds a {type(model).__name__}, not a full text-to-audio model")
+        return model
+    return load_model(args.model)  # models whose text encoder ships with them (and the errors for bad names)
+
+
+def _profile_range(values: list[int] | None, name: str) -> dict:
+    return {} if values is None else {name: tuple(values)}
+
+
+def cmd_export_tensorrt(args: argparse.Namespace) -> int:
+    from etta_engine.export.tensorrt import Profile, build_engines
+    from etta_engine.runtime.manifest import read_manifest
+
+    overrides = {}
+    for name in ("batch", "frames", "text", "vae_frames"):
+        overrides |= _profile_range(getattr(args, name), name)
+    profile = Profile.for_model(read_manifest(args.onnx_dir).config, **overrides)
+    settings = build_engines(
+        args.onnx_dir,
+        args.out,
+        parts=args.parts,
+        profile=profile,
+        fp16=args.fp16,
+        bf16=args.bf16,
+        timing_cache=args.timing_cache,
+        workspace_gib=args.workspace_gib,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    for entry in settings["graphs"].values():
+        print(f"wrote {args.out}/{entry['engine']} (built in {entry['build_seconds']:.1f} s)")
+    return 0
+
+
+def _add_export_parsers(sub) -> None:
+    from etta_engine.runtime.manifest import DTYPES, GRAPHS
+
+    e = sub.add_parser("export", help="ONNX graphs and TensorRT engines for runtimes without PyTorch")
+    kinds = e.add_subparsers(dest="kind", required=True)
+    o = kinds.add_parser("onnx", help="export the conditioner, the DiT step (plain and CFG) and the VAE decoder")
+    o.add_argument("out", help="output directory (graphs, manifest.json, tokenizer)")
+    o.add_argument("--model", default="tiny", help="preset name or checkpoint path (default: tiny, random weights)")
+    o.add_argument("--text-encoder", default=None, help="local T5 directory for models with a pretrained encoder")
+    o.add_argument("--parts", nargs="+", default=list(GRAPHS), metavar="PART", help=f"of {', '.join(GRAPHS)}")
+    o.add_argument("--dtype", default="fp32", choices=DTYPES, help="DiT and VAE decoder compute dtype")
+    o.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
+    o.add_argument("--force", action="store_true", help="replace an existing output directory")
+    o.add_argument("--no-verify", dest="verify", action="store_false", help="skip the ONNX Runtime vs torch check")
+    o.add_argument("--quiet", action="store_true")
+    o.set_defaults(func=cmd_export_onnx)
+
+    r = kinds.add_parser("tensorrt", help="build TensorRT engines from an ONNX export (needs TensorRT and a GPU)")
+    r.add_argument("onnx_dir", help="directory written by `etta export onnx`")
+    r.add_argument("out", help="output directory (engines, engines.json, manifest.json)")
+    r.add_argument("--parts", nargs="+", default=None, metavar="PART", help="default: every graph of the export")
+    r.add_argument("--fp16", action="store_true", help="allow fp16 kernels (fp32 exports, weakly typed)")
+    r.add_argument("--bf16", action="store_true", help="allow bf16 kernels (fp32 exports, weakly typed)")
+    size = dict(type=int, nargs=3, metavar=("MIN", "OPT", "MAX"), default=None)
+    r.add_argument("--batch", **size, help="batch sizes of the profile (default 1 1 4)")
+    r.add_argument("--frames", **size, help="latent frames of the DiT graphs (default: 1, 10 s, 60 s)")
+    r.add_argument("--vae-frames", **size, help="latent frames of one VAE decoding window (default max 512)")
+    r.add_argument("--text", **size, help="text tokens (default: 1, max_length, max_length)")
+    r.add_argument("--timing-cache", default=None, help="timing cache file, read and updated")
+    r.add_argument("--workspace-gib", type=float, default=None, help="builder workspace limit")
+    r.add_argument("--force", action="store_true", help="replace an existing output directory")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_export_tensorrt)
 
 
 # ------------------------------------------------------------------ training commands: options from the configs
@@ -179,35 +299,31 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from etta_engine.sampling import SCHEDULES, SOLVERS
-
     parser = argparse.ArgumentParser(prog="etta", description="ETTA text-to-audio engine")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="text in, WAV out")
-    g.add_argument("prompt", nargs="*", help="text prompt(s)")
-    g.add_argument("-o", "--output", default="out.wav", help="WAV path; several clips get _0, _1, ... suffixes")
-    g.add_argument("--model", default="tiny", help="preset name or checkpoint path (default: tiny, random weights)")
+    add_sampling_args(g)
+    g.add_argument(
+        "--model",
+        default="tiny",
+        help="preset name or checkpoint path (default: tiny, random weights); with --backend onnx|tensorrt, "
+        "the directory written by `etta export`",
+    )
+    g.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", *_RUNTIME_BACKENDS),
+        help="torch (the Pipeline), onnx (ONNX Runtime) or tensorrt on an exported model",
+    )
     g.add_argument("--text-encoder", default=None, help="local T5 directory for models with a pretrained encoder")
-    g.add_argument("--seconds", type=float, default=10.0)
-    g.add_argument("--nfe", type=int, default=100, help="budget of DiT evaluations per clip")
-    g.add_argument("--solver", default="euler", help=f"one of {', '.join(sorted(SOLVERS))}")
-    g.add_argument("--schedule", default="uniform", help=f"one of {', '.join(sorted(SCHEDULES))}")
-    g.add_argument("--cfg-scale", type=float, default=3.5)
-    g.add_argument("--cfg-rescale", type=float, default=0.0, help="CFG rescale phi in [0, 1]")
-    g.add_argument("--cfg-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"), help="guide only for t in range")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--batch", type=int, default=1, help="clips per prompt (seeds seed, seed+1, ...)")
-    g.add_argument("--prompts-file", default=None, help="one prompt per line")
-    g.add_argument("--negative-prompt", default=None)
     g.add_argument("--init-audio", default=None, help="audio file for a variation, continuation or inpainting")
     g.add_argument("--strength", type=float, default=1.0, help="with --init-audio: start the ODE at t=strength")
     g.add_argument(
         "--keep", type=_region, action="append", metavar="START:END", help="keep this region (s) of --init-audio"
     )
-    g.add_argument("--decode-chunk", type=int, default=512, help="decode in windows of this many latents (0: whole)")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_runtime_args(g)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("convert", help="official ETTA checkpoint (or ours) -> etta_engine safetensors")
@@ -219,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="devices and usable backends")
     i.set_defaults(func=cmd_info)
+    _add_export_parsers(sub)
 
     from etta_engine.train.cache import CacheConfig
     from etta_engine.train.dit import DiTTrainConfig
@@ -248,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError, KeyError, RuntimeError, FloatingPointError) as e:
+    except (ValueError, TypeError, OSError, KeyError, RuntimeError, FloatingPointError, ImportError) as e:
         print(f"etta {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -141,10 +141,16 @@ class ModelConfig(_DictConfig):
     number_keys: tuple[str, ...] = ("seconds_start", "seconds_total")
     max_seconds: float = 512.0  # number conditioners take values in [0, max_seconds]
     number_fourier_dim: int = 256  # learned Fourier features of each number conditioner
+    default_seconds: float = 10.0  # the clip length generated when none is asked for (the training length)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "number_keys", tuple(self.number_keys))
-        _check_positive(self, "sample_rate", "max_seconds", "number_fourier_dim")
+        _check_positive(self, "sample_rate", "max_seconds", "number_fourier_dim", "default_seconds")
+        if self.default_seconds > self.max_seconds:
+            raise ValueError(
+                f"ModelConfig {self.name!r}: default_seconds={self.default_seconds} "
+                f"exceeds max_seconds={self.max_seconds}"
+            )
         if self.dit.io_channels != self.vae.latent_dim:
             raise ValueError(
                 f"ModelConfig {self.name!r}: dit.io_channels={self.dit.io_channels} "
@@ -206,12 +212,20 @@ PRESETS: dict[str, ModelConfig] = {
         vae=VAEConfig(channels=4, c_mults=(1, 2, 4, 8, 16)),
         text=TextConfig(pretrained=None, dim=32, max_length=128, layers=2, heads=2, d_kv=16, d_ff=64),
     ),
-    # A small model meant to be trained on one GPU: the trainable demo.
+    # The shipped default model (etta_engine/assets/demo.safetensors), trained on CPU in about an hour on
+    # the synthetic sound events of etta_engine.demo (scripts/train_demo.py): 8 kHz mono, 2 s clips, a VAE with
+    # 256x downsampling to 16 latent channels (31.25 frames/s), a small DiT, and a frozen, randomly
+    # initialised byte-level T5 whose weights ship with the model.
     "demo": ModelConfig(
         name="demo",
-        dit=DiTConfig(width=384, depth=8, heads=6, cond_dim=256, cross_heads=4, global_cond_dim=512),
-        vae=VAEConfig(channels=32),
-        text=TextConfig(pretrained=None, dim=256, max_length=128, layers=4, heads=4, d_kv=64, d_ff=1024),
+        dit=DiTConfig(
+            io_channels=16, width=128, depth=6, heads=4, cond_dim=128, cross_heads=4, global_cond_dim=256, dropout=0.0
+        ),
+        vae=VAEConfig(audio_channels=1, channels=16, c_mults=(1, 2, 4, 8), strides=(4, 4, 4, 4), latent_dim=16),
+        text=TextConfig(pretrained=None, dim=128, max_length=128, layers=2, heads=4, d_kv=32, d_ff=256),
+        sample_rate=8000,
+        max_seconds=10.0,
+        default_seconds=2.0,
     ),
 }
 

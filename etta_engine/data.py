@@ -250,7 +250,7 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
 class AudioTextDataset(torch.utils.data.Dataset):
     """Fixed-length stereo clips with captions, optionally mixed in pairs (AudioGen).
 
-    Item i (for the epoch set by :meth:`set_epoch`) is a dict: ``audio`` (2, round(seconds * sample_rate))
+    Item i (for the epoch set by :meth:`set_epoch`) is a dict: ``audio`` (channels, round(seconds * sample_rate))
     float32, ``caption`` str, ``seconds_start`` and ``seconds_total`` (floats, see :func:`crop_or_pad`; those
     of the first clip when mixed) and ``index`` (the manifest entry whose audio was loaded: i, or its
     replacement under ``on_error="skip"``). Its random draws, in this order from a generator seeded with
@@ -264,6 +264,7 @@ class AudioTextDataset(torch.utils.data.Dataset):
     index added to ``skipped`` and one warning logged; "raise": :class:`AudioReadError` naming the file and the
     entry. Clips shorter than ``seconds`` are zero-padded; ``padded_count`` counts the items whose first clip
     was. ``skipped`` and ``padded_count`` are per process: with DataLoader workers each worker has its own.
+    ``channels`` (2 by default, 1 for mono models) is passed to :func:`load_audio`.
     """
 
     def __init__(
@@ -278,6 +279,7 @@ class AudioTextDataset(torch.utils.data.Dataset):
         on_error: str = "skip",
         seed: int = 0,
         caption_joiner: str = ", ",
+        channels: int = 2,
     ) -> None:
         entries = list(entries)
         if not entries:
@@ -303,7 +305,10 @@ class AudioTextDataset(torch.utils.data.Dataset):
             raise ValueError(f"on_error={on_error!r} is not allowed; choices: {list(ON_ERROR_CHOICES)}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        if channels not in (1, 2):
+            raise ValueError(f"channels={channels!r} is not allowed; choices: 1 (mono models), 2")
         self.entries = entries
+        self.channels = channels
         self.sample_rate = sample_rate
         self.seconds = float(seconds)
         self.length = length
@@ -368,7 +373,7 @@ class AudioTextDataset(torch.utils.data.Dataset):
                 continue
             e = self.entries[k]
             try:
-                return k, load_audio(e.path, self.sample_rate, 2, e.offset, e.duration)
+                return k, load_audio(e.path, self.sample_rate, self.channels, e.offset, e.duration)
             except AudioReadError as err:
                 if self.on_error == "raise":
                     raise AudioReadError(e.path, f"{err.reason} (manifest entry {k})") from err

@@ -1,8 +1,8 @@
 """Text to waveform: the object most users touch.
 
-    pipe = Pipeline.from_pretrained("tiny")          # a preset name or a checkpoint path
-    audio = pipe.generate(["rain on a tin roof"], seconds=10.0, nfe=100, cfg_scale=3.5, seed=0)
-    audio.save("rain.wav")
+    pipe = Pipeline.from_pretrained("tiny")           # a preset name, a shipped trained model or a checkpoint path
+    audio = pipe.generate(["a low beep followed by white noise"], nfe=100, cfg_scale=3.5, seed=0)
+    audio.save("beep.wav")
 
 Besides text-to-audio, ``generate`` makes variations of an input clip (``init_audio`` + ``strength``)
 and continues or inpaints one (``keep``: the regions of the input to keep; the rest is generated).
@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from etta_engine.checkpoint import atomic_write, load_model
+from etta_engine.checkpoint import atomic_write, is_pretrained, load_model
 from etta_engine.config import PRESETS
 from etta_engine.data import resample
+from etta_engine.engine import ADAPTIVE_SOLVERS, DiTEngine, evaluation_times
 from etta_engine.models.conditioning import DiTConditioning
 from etta_engine.models.model import ETTAModel
 from etta_engine.sampling import VelocityFn, autoguidance, cfg, inpaint, sample, steps_for
@@ -61,6 +62,10 @@ class Audio:
 class Pipeline:
     """Text-to-audio generation with an :class:`ETTAModel` (and optionally a weaker model for autoguidance)."""
 
+    # Run the DiT through etta_engine.engine (hoisted adaLN, prompt K/V, skipped uncond cross-attention) for the
+    # fixed-step solvers; False runs the plain model at every call (the reference path).
+    use_engine: bool = True
+
     def __init__(
         self, model: ETTAModel, *, device: str | torch.device | None = None, bad_model: ETTAModel | None = None
     ) -> None:
@@ -80,8 +85,9 @@ class Pipeline:
         device: str | torch.device | None = None,
         text_encoder_path: str | os.PathLike | None = None,
     ) -> Pipeline:
-        """A preset name (random weights, seed 0) or a checkpoint file (ours or an official ETTA one)."""
-        if isinstance(name_or_path, str) and name_or_path in PRESETS:
+        """A shipped trained model (``"demo"``, offline, once its weights ship), a preset name (random weights, seed 0)
+        or a checkpoint file (ours or an official ETTA one)."""
+        if isinstance(name_or_path, str) and name_or_path in PRESETS and not is_pretrained(name_or_path):
             log.warning("preset %r has random weights: the output is noise-like, not a trained model's", name_or_path)
         return cls(load_model(name_or_path, text_encoder_path), device=device)
 
@@ -94,7 +100,7 @@ class Pipeline:
         self,
         prompts: str | Sequence[str],
         *,
-        seconds: float = 10.0,
+        seconds: float | None = None,
         nfe: int = 100,
         solver: str = "euler",
         schedule: str = "uniform",
@@ -115,8 +121,10 @@ class Pipeline:
         """Generate one clip per prompt; item i uses ``seed + i`` (or ``seed[i]``) and equals a single
         generation of prompt i with that seed.
 
+        seconds: clip length (default: the model's ``default_seconds``, the length it was trained on).
         init_audio: (samples,), (channels, samples) or (B, channels, samples) at ``init_sample_rate``
-        (default: the model's; other rates are resampled; mono is duplicated to stereo).
+        (default: the model's; other rates are resampled; mono is duplicated for stereo models, stereo
+        averaged for mono ones).
         strength: start the ODE at t = strength from the noised input (1: from pure noise).
         keep: [(start_s, end_s), ...] regions of the input kept as they are (continuation, inpainting).
         autoguidance_scale: guide the model with the pipeline's ``bad_model`` (each runs its own CFG).
@@ -140,7 +148,11 @@ class Pipeline:
             raise ValueError(f"got {len(seeds)} seeds for {B} prompts")
 
         T = self.latent_frames(seconds)
-        guide = dict(scale=cfg_scale, rescale=cfg_rescale, interval=cfg_interval)
+        # The engine hoists the per-generation work out of the loop; it needs the call times up front.
+        times = None
+        if self.use_engine and solver not in ADAPTIVE_SOLVERS:
+            times = evaluation_times(solver, nfe, schedule, strength)
+        guide = dict(scale=cfg_scale, rescale=cfg_rescale, interval=cfg_interval, times=times)
         args = (prompts, seconds, negative_prompt, truncate)
         velocity = self._guided_velocity(self.model, *args, **guide)
         if autoguidance_scale is not None:
@@ -179,6 +191,8 @@ class Pipeline:
     # ------------------------------------------------------------------ pieces of generate
 
     def _check_seconds(self, seconds) -> float:
+        if seconds is None:
+            return self.cfg.default_seconds
         try:
             value = float(seconds)
         except (TypeError, ValueError):
@@ -188,15 +202,20 @@ class Pipeline:
         return value
 
     def _guided_velocity(
-        self, model: ETTAModel, prompts, seconds, negative_prompt, truncate, *, scale, rescale, interval
+        self, model: ETTAModel, prompts, seconds, negative_prompt, truncate, *, scale, rescale, interval, times=None
     ) -> VelocityFn:
-        """``model``'s velocity with classifier-free guidance, cond and uncond batched in one forward."""
+        """``model``'s velocity with classifier-free guidance, cond and uncond batched in one forward; prepared
+        by the engine for calls at ``times`` (None: the plain model per call)."""
         dit = model.dit
         dtype = dit.dtype
+
+        def velocity(c: DiTConditioning) -> VelocityFn:
+            return (lambda x, t: dit(x, t, *c)) if times is None else DiTEngine(dit).prepare(c, times)
+
         cond = model.condition(prompts, 0.0, seconds, truncate=truncate)
         cond = DiTConditioning(cond.context.to(dtype), cond.context_mask, cond.global_cond.to(dtype))
         if scale == 1.0 and interval is None:
-            return lambda x, t: dit(x, t, *cond)
+            return velocity(cond)
         if negative_prompt is None:
             # The official null conditioning: a zero memory with the same mask; timestep and seconds kept.
             uncond = DiTConditioning(torch.zeros_like(cond.context), cond.context_mask, cond.global_cond)
@@ -204,10 +223,10 @@ class Pipeline:
             neg = model.condition([negative_prompt] * len(prompts), 0.0, seconds, truncate=truncate)
             uncond = DiTConditioning(neg.context.to(dtype), neg.context_mask, cond.global_cond)
         both = DiTConditioning(*(torch.cat(pair) for pair in zip(cond, uncond, strict=True)))
-        return cfg(lambda x, t: dit(x, t, *both), scale, rescale=rescale, interval=interval)
+        return cfg(velocity(both), scale, rescale=rescale, interval=interval)
 
     def _prepare_init_audio(self, audio, sample_rate: int | None, B: int, n_samples: int) -> torch.Tensor:
-        """``audio`` as (B, 2, n_samples) float32 at the model's rate (resampled, channels fixed, padded)."""
+        """``audio`` as (B, C, n_samples) float32 at the model's rate and channel count C (resampled, padded)."""
         x = torch.as_tensor(audio, dtype=torch.float32)
         if x.ndim == 1:
             x = x[None]
@@ -219,7 +238,7 @@ class Pipeline:
                 f"got shape {tuple(x.shape)}"
             )
         if x.shape[1] not in (1, 2):
-            raise ValueError(f"init_audio has {x.shape[1]} channels; allowed: 1 (duplicated to stereo) or 2")
+            raise ValueError(f"init_audio has {x.shape[1]} channels; allowed: 1 or 2")
         if not torch.isfinite(x).all():
             raise ValueError("init_audio contains NaN or inf")
         rate = self.cfg.sample_rate if sample_rate is None else int(sample_rate)
@@ -227,7 +246,10 @@ class Pipeline:
             raise ValueError(f"init_sample_rate={sample_rate} must be positive")
         if rate != self.cfg.sample_rate:
             x = resample(x, rate, self.cfg.sample_rate)
-        x = x.expand(B, 2, -1) if x.shape[1] == 2 else x.expand(B, 1, -1).repeat(1, 2, 1)
+        channels = self.cfg.vae.audio_channels
+        if x.shape[1] != channels:
+            x = x.mean(dim=1, keepdim=True) if channels == 1 else x.repeat(1, channels, 1)
+        x = x.expand(B, channels, -1)
         x = x[..., :n_samples]
         return torch.nn.functional.pad(x, (0, n_samples - x.shape[-1])).to(self.device)
 

@@ -144,9 +144,13 @@ def test_swapping_left_and_right_is_invisible_to_magnitude_losses():
     assert loss(target * torch.tensor([1.0, 0.5])[:, None], target).item() > 0.1
 
 
-def test_sum_and_difference_rejects_mono():
-    with pytest.raises(ValueError, match=r"need stereo audio \(B, 2, S\), got shape \(1, 1, 4096\)"):
-        SumAndDifferenceSTFTLoss()(torch.randn(1, 1, 4096), torch.randn(1, 1, 4096))
+def test_sum_and_difference_of_mono_is_the_plain_mrstft():
+    """Mono models have no stereo image: their loss is the MR-STFT of the one channel; 3 channels are refused."""
+    loss = SumAndDifferenceSTFTLoss()
+    pred, target = torch.randn(1, 1, 4096), torch.randn(1, 1, 4096)
+    assert torch.equal(loss(pred, target), loss.mrstft(pred, target))
+    with pytest.raises(ValueError, match=r"need stereo \(B, 2, S\) or mono \(B, 1, S\), got \(1, 3, 4096\)"):
+        loss(torch.randn(1, 3, 4096), torch.randn(1, 3, 4096))
 
 
 # ------------------------------------------------------------------ discriminator

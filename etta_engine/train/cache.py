@@ -101,6 +101,7 @@ def build_cache(cfg: CacheConfig, progress: bool = True) -> Path:
         mix_probability=cfg.mix_probability,
         on_error="raise",  # unreadable entries are dropped here, not replaced by a neighbour
         seed=cfg.seed,
+        channels=model.cfg.vae.audio_channels,
     )
     ratio = model.cfg.vae.downsampling_ratio
     n_shards = -(-len(entries) // cfg.shard_size)
@@ -171,7 +172,7 @@ def _write_shard(path, rows, dataset, model: ETTAModel, cfg: CacheConfig, finger
                 skipped.append({"index": i, "path": dataset.entries[i].path, "reason": str(e)})
         if not items:
             continue
-        audio = torch.stack([it["audio"][:, : frames * ratio] for it in items]).to(device)  # (b, 2, T r)
+        audio = torch.stack([it["audio"][:, : frames * ratio] for it in items]).to(device)  # (b, channels, T r)
         mean, std = model.vae.encode(audio.to(model.vae.dtype))
         prompts = [it["caption"] for it in items]
         try:

@@ -119,7 +119,8 @@ class MultiResolutionSTFTLoss(nn.Module):
 
 
 class SumAndDifferenceSTFTLoss(nn.Module):
-    """``(mrstft(L_p + R_p, L_t + R_t) + mrstft(L_p - R_p, L_t - R_t)) / 2`` for stereo (B, 2, S).
+    """``(mrstft(L_p + R_p, L_t + R_t) + mrstft(L_p - R_p, L_t - R_t)) / 2`` for stereo (B, 2, S);
+    ``mrstft(pred, target)`` for mono (B, 1, S), which has no stereo image.
 
     The sum carries the mid (mono) content, the difference the stereo image; keyword arguments go to
     :class:`MultiResolutionSTFTLoss` (kept as ``self.mrstft``).
@@ -130,10 +131,12 @@ class SumAndDifferenceSTFTLoss(nn.Module):
         self.mrstft = MultiResolutionSTFTLoss(**mrstft_kwargs)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """pred, target (B, 2, S) -> 0-dim fp32 loss."""
+        """pred, target (B, 2, S) or (B, 1, S) -> 0-dim fp32 loss."""
         _check_pair(pred, target)
+        if pred.shape[1] == 1:
+            return self.mrstft(pred, target)
         if pred.shape[1] != 2:
-            raise ValueError(f"sum and difference need stereo audio (B, 2, S), got shape {tuple(pred.shape)}")
+            raise ValueError(f"sum and difference need stereo (B, 2, S) or mono (B, 1, S), got {tuple(pred.shape)}")
         sum_p, sum_t = pred[:, :1] + pred[:, 1:], target[:, :1] + target[:, 1:]  # (B, 1, S)
         diff_p, diff_t = pred[:, :1] - pred[:, 1:], target[:, :1] - target[:, 1:]  # (B, 1, S)
         return (self.mrstft(sum_p, sum_t) + self.mrstft(diff_p, diff_t)) / 2
@@ -360,16 +363,21 @@ class VAELosses(nn.Module):
 
     ``generator_loss`` also sends gradients into the discriminator's parameters (through ``D(pred)``):
     the trainer steps only the VAE's optimiser on it and zeroes the discriminator's gradients before
-    ``discriminator_loss``'s step. Keyword arguments beyond ``discriminator_filters`` go to
-    :class:`MultiScaleSTFTDiscriminator`.
+    ``discriminator_loss``'s step. ``spectral_eps`` is the MR-STFT's log-magnitude floor (raise it for
+    synthetic audio with digital silence, whose empty bins would otherwise dominate the loss). Keyword
+    arguments beyond these go to :class:`MultiScaleSTFTDiscriminator`.
     """
 
     def __init__(
-        self, weights: VAELossWeights | None = None, discriminator_filters: int = 64, **discriminator_kwargs
+        self,
+        weights: VAELossWeights | None = None,
+        discriminator_filters: int = 64,
+        spectral_eps: float = 1e-8,
+        **discriminator_kwargs,
     ) -> None:
         super().__init__()
         self.weights = VAELossWeights() if weights is None else weights
-        self.spectral = SumAndDifferenceSTFTLoss()
+        self.spectral = SumAndDifferenceSTFTLoss(eps=spectral_eps)
         self.discriminator = MultiScaleSTFTDiscriminator(filters=discriminator_filters, **discriminator_kwargs)
 
     @property

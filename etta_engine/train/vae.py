@@ -66,6 +66,7 @@ class VAETrainConfig:
     adversarial_weight: float = 0.1
     feature_matching_weight: float = 5.0
     kl_weight: float = 1e-4
+    spectral_eps: float = 1e-8  # log-magnitude floor of the MR-STFT loss (1e-3 for audio with digital silence)
     adversarial_start: int = 0  # steps of spectral + KL training before the discriminator joins
     discriminator_filters: int = 64
     mix_probability: float = 0.0
@@ -132,7 +133,9 @@ class VAETrainer(Trainer):
         seed_everything(cfg.seed, d.rank)
         self.vae = load_vae(cfg.model).to(d.device).train()
         sr = cfg.sample_rate
-        self.losses = VAELosses(cfg.loss_weights(), cfg.discriminator_filters).to(d.device).train()
+        channels = self.vae.cfg.audio_channels
+        self.losses = VAELosses(cfg.loss_weights(), cfg.discriminator_filters, cfg.spectral_eps, in_channels=channels)
+        self.losses = self.losses.to(d.device).train()
         self.ema = EMA(ema_copy(self.vae).eval(), cfg.ema_beta, cfg.ema_power)
         adam = dict(betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.opt = torch.optim.AdamW(self.vae.parameters(), lr=cfg.lr, **adam)
@@ -143,7 +146,13 @@ class VAETrainer(Trainer):
 
         entries = read_manifest(cfg.manifest)
         self.dataset = AudioTextDataset(
-            entries, sr, cfg.sample_size / sr, mix_probability=cfg.mix_probability, on_error=cfg.on_error, seed=cfg.seed
+            entries,
+            sr,
+            cfg.sample_size / sr,
+            mix_probability=cfg.mix_probability,
+            on_error=cfg.on_error,
+            seed=cfg.seed,
+            channels=channels,
         )
         if cfg.batch_size > len(self.dataset):
             raise ValueError(f"batch_size={cfg.batch_size} exceeds the {len(self.dataset)} manifest entries")
@@ -169,7 +178,7 @@ class VAETrainer(Trainer):
         return iter(loader)
 
     def _next_batch(self) -> torch.Tensor:
-        """This rank's part of the step's global batch: (b, 2, sample_size)."""
+        """This rank's part of the step's global batch: (b, audio_channels, sample_size)."""
         if self.epoch_rollover() or self.batches is None:
             self.batches = self._loader()  # iterates from the sampler's position, so before consume_batch
         batch = next(self.batches)

@@ -1,0 +1,239 @@
+"""How fast is generation on the exported graphs? Per-stage latency of the torch-free runtime (ONNX Runtime, and
+TensorRT where it is installed and engines are given) next to the torch Pipeline in the same run: the
+conditioner, one DiT step (plain and CFG-batched), the sampling loop at NFE n, the VAE decode and the whole
+generation, with its real-time factor (RTF = generation seconds / audio seconds; below 1 is faster than real time).
+
+    python benchmarks/onnx_runtime.py --preset etta --seconds 10 --nfe 100 --onnx exported/ [--engines trt/]
+    python benchmarks/onnx_runtime.py --smoke            # tiny preset, 1 s, NFE 2, CPU: checks the script runs
+
+Without ``--onnx`` the preset's model (random weights, seed 0: timings do not depend on the values) is exported
+first. TensorRT rows are written only when TensorRT is installed and ``--engines`` names a build of
+``etta export tensorrt``; nothing is estimated. Rows go to benchmarks/results/onnx_runtime-<device>-<date>.json;
+``runtime_rows`` and ``torch_rows`` are the pieces an engine-wide sweep reuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import environment, synchronize, write_results
+
+STAGES = ("conditioner", "dit_step", "dit_cfg_step", "sampling_loop", "vae_decode", "total")
+# What the torch rows time: the stages run the eager modules; "total" is Pipeline.generate, with whatever
+# fast path the pipeline takes (etta_engine.engine when it applies).
+_TORCH_PATHS = dict.fromkeys(STAGES[:-1], "eager") | {"total": "Pipeline.generate"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One generation shape: what every stage of every backend is timed on."""
+
+    preset: str
+    seconds: float
+    nfe: int
+    solver: str = "euler"
+    cfg_scale: float = 3.5
+    batch: int = 1
+    reps: int = 3
+    warmup: int = 1
+
+
+def timed(fn: Callable[[], object], reps: int, warmup: int, sync: Callable[[], None] = lambda: None) -> list[float]:
+    """Wall-clock seconds of ``reps`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _row(backend: str, stage: str, s: Setting, frames: int, times: list[float], **extra) -> dict:
+    row = {
+        "backend": backend,
+        "stage": stage,
+        **dataclasses.asdict(s),
+        "frames": frames,
+        "ms_median": 1000 * float(np.median(times)),
+        "ms_min": 1000 * min(times),
+        **extra,
+    }
+    if stage == "total":
+        row["rtf"] = float(np.median(times)) / s.seconds
+    return row
+
+
+def runtime_rows(pipe, s: Setting, backend: str) -> list[dict]:
+    """Rows of a :class:`etta_engine.runtime.RuntimePipeline` (backend "onnxruntime" or "tensorrt")."""
+    from etta_engine.runtime import Conditioning
+
+    prompts = ["rain on a tin roof, distant thunder"] * s.batch
+    frames = pipe.latent_frames(s.seconds)
+    noise = pipe.noise(range(s.batch), frames)
+    cond = pipe.encode(prompts, seconds_total=s.seconds)
+    uncond = Conditioning(np.zeros_like(cond.context), cond.context_mask, cond.global_cond)
+    t = np.full(s.batch, 0.5, dtype=np.float32)
+    scale = np.full(s.batch, s.cfg_scale, dtype=np.float32)
+    latents = pipe.sample(cond, None, noise, nfe=s.nfe, solver=s.solver, cfg_scale=s.cfg_scale)
+    stages = {
+        "conditioner": lambda: pipe.encode(prompts, seconds_total=s.seconds),
+        "dit_step": lambda: pipe.graph("dit")(
+            x=noise, t=t, context=cond.context, context_mask=cond.context_mask, global_cond=cond.global_cond
+        ),
+        "dit_cfg_step": lambda: pipe.graph("dit_cfg")(
+            x=noise,
+            t=t,
+            context=cond.context,
+            context_mask=cond.context_mask,
+            uncond_context=uncond.context,
+            uncond_context_mask=uncond.context_mask,
+            global_cond=cond.global_cond,
+            cfg_scale=scale,
+            cfg_rescale=np.zeros_like(scale),
+        ),
+        "sampling_loop": lambda: pipe.sample(cond, None, noise, nfe=s.nfe, solver=s.solver, cfg_scale=s.cfg_scale),
+        "vae_decode": lambda: pipe.decode(latents),
+        "total": lambda: pipe.generate(
+            prompts, seconds=s.seconds, nfe=s.nfe, solver=s.solver, cfg_scale=s.cfg_scale, noise=noise, progress=False
+        ),
+    }
+    extra = {"dtype": pipe.manifest.graphs["dit"].dtype}
+    if backend == "onnxruntime":
+        extra["providers"] = pipe.graph("dit").providers
+    return [_row(backend, name, s, frames, timed(fn, s.reps, s.warmup), **extra) for name, fn in stages.items()]
+
+
+@torch.inference_mode()
+def torch_rows(model, s: Setting, device: torch.device) -> list[dict]:
+    """Rows of torch on ``device`` in the model's dtype: the eager modules per stage, and the whole
+    :class:`etta_engine.pipeline.Pipeline` for "total" (``torch_path`` in each row says which)."""
+    from etta_engine import sampling
+    from etta_engine.models.conditioning import DiTConditioning
+    from etta_engine.pipeline import Pipeline
+
+    pipe = Pipeline(model, device=device)
+    prompts = ["rain on a tin roof, distant thunder"] * s.batch
+    frames = pipe.latent_frames(s.seconds)
+    dit, vae = pipe.model.dit, pipe.model.vae
+    noise = torch.randn(s.batch, model.cfg.dit.io_channels, frames, device=device, dtype=dit.dtype)
+    cond = pipe.model.condition(prompts, 0.0, s.seconds)
+    cond = DiTConditioning(cond.context.to(dit.dtype), cond.context_mask, cond.global_cond.to(dit.dtype))
+    both = DiTConditioning(
+        torch.cat((cond.context, torch.zeros_like(cond.context))),
+        torch.cat((cond.context_mask, cond.context_mask)),
+        torch.cat((cond.global_cond, cond.global_cond)),
+    )
+    t = torch.full((s.batch,), 0.5, device=device)
+    guided = sampling.cfg(lambda x, t: dit(x, t, *both), s.cfg_scale)
+    latents = sampling.sample(guided, noise, solver=s.solver, nfe=s.nfe).x
+    stages = {
+        "conditioner": lambda: pipe.model.condition(prompts, 0.0, s.seconds),
+        "dit_step": lambda: dit(noise, t, *cond),
+        "dit_cfg_step": lambda: guided(noise, t),
+        "sampling_loop": lambda: sampling.sample(guided, noise, solver=s.solver, nfe=s.nfe),
+        "vae_decode": lambda: vae.decode(latents.to(vae.dtype), chunk_frames=512),
+        "total": lambda: pipe.generate(
+            prompts, seconds=s.seconds, nfe=s.nfe, solver=s.solver, cfg_scale=s.cfg_scale, progress=False
+        ),
+    }
+    sync = lambda: synchronize(device)
+    extra = {"dtype": str(dit.dtype).removeprefix("torch."), "device_type": device.type}
+    return [
+        _row("torch", name, s, frames, timed(fn, s.reps, s.warmup, sync), torch_path=_TORCH_PATHS[name], **extra)
+        for name, fn in stages.items()
+    ]
+
+
+def main(argv=None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="etta")
+    parser.add_argument("--onnx", type=Path, default=None, help="an `etta export onnx` directory of the preset")
+    parser.add_argument("--engines", type=Path, default=None, help="an `etta export tensorrt` directory")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"), help="dtype of the export made here")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--nfe", type=int, default=100)
+    parser.add_argument("--solver", default="euler")
+    parser.add_argument("--cfg-scale", type=float, default=3.5)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--backends", default="onnxruntime,torch,tensorrt", help="comma-separated")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads of ONNX Runtime and torch")
+    parser.add_argument("--device", default=None, help="device of the torch rows (default: cuda when available)")
+    parser.add_argument("--smoke", action="store_true", help="tiny preset, 1 s, NFE 2, one rep, CPU")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.preset, args.seconds, args.nfe, args.reps, args.warmup, args.device = "tiny", 1.0, 2, 1, 0, "cpu"
+    backends = [b for b in args.backends.split(",") if b]
+    unknown = sorted(set(backends) - {"onnxruntime", "torch", "tensorrt"})
+    if unknown:
+        raise SystemExit(f"unknown backends {unknown}; choices: onnxruntime, torch, tensorrt")
+    setting = Setting(args.preset, args.seconds, args.nfe, args.solver, args.cfg_scale, args.batch, args.reps,
+                      args.warmup)  # fmt: skip
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    from etta_engine.models.model import ETTAModel
+    from etta_engine.runtime import RuntimePipeline, read_manifest
+
+    model = ETTAModel.from_preset(args.preset).eval()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_dir = args.onnx
+        if onnx_dir is None and {"onnxruntime", "tensorrt"} & set(backends):
+            from etta_engine.export import export_onnx
+
+            onnx_dir = Path(tmp) / "onnx"
+            export_onnx(model, onnx_dir, dtype=args.dtype, progress=not args.smoke)
+        if onnx_dir is not None and read_manifest(onnx_dir).config.name != args.preset:
+            raise SystemExit(f"{onnx_dir} holds model {read_manifest(onnx_dir).config.name!r}, not {args.preset!r}")
+        if "onnxruntime" in backends:
+            rows += runtime_rows(RuntimePipeline(onnx_dir, threads=args.threads), setting, "onnxruntime")
+        if "tensorrt" in backends:
+            try:
+                import tensorrt
+            except ImportError:
+                print("tensorrt is not installed: no TensorRT rows")
+            else:
+                if args.engines is None:
+                    print("no --engines directory: no TensorRT rows")
+                else:
+                    rows += runtime_rows(RuntimePipeline(args.engines, backend="tensorrt"), setting, "tensorrt")
+        if "torch" in backends:
+            rows += torch_rows(model, setting, device)
+
+    env = environment(device)
+    import onnxruntime
+
+    env["onnxruntime"] = onnxruntime.__version__
+    env["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    env["threads"] = args.threads  # None: each library's default (all cores)
+    try:
+        import tensorrt
+
+        env["tensorrt"] = tensorrt.__version__
+    except ImportError:
+        env["tensorrt"] = None
+    path = write_results("onnx_runtime", env, rows, args.out)
+    for r in rows:
+        rtf = f"  RTF {r['rtf']:.3f}" if "rtf" in r else ""
+        print(f"{r['backend']:>12} {r['stage']:<14} {r['ms_median']:10.2f} ms{rtf}")
+    print(f"-> {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

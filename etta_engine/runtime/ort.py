@@ -1,0 +1,102 @@
+"""ONNX Runtime backend: one :class:`OrtGraph` per exported graph."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from etta_engine.runtime.graph import Graph, check_declared
+from etta_engine.runtime.manifest import GraphEntry, Manifest, ManifestError, interface
+
+# ONNX Runtime's type strings -> NumPy dtype names
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(bool)": "bool",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+}
+
+
+def onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ImportError(
+            "the ONNX backend needs onnxruntime: pip install 'etta_engine[runtime]' (or onnxruntime-gpu)"
+        ) from e
+    return onnxruntime
+
+
+def default_providers() -> list[str]:
+    """CUDA when this onnxruntime build has it, then the CPU."""
+    available = onnxruntime().get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class OrtGraph(Graph):
+    """An exported graph in an ``onnxruntime.InferenceSession``, checked against the runtime's interface."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        name: str,
+        manifest: Manifest,
+        *,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        ort = onnxruntime()
+        if name not in manifest.graphs:
+            raise ManifestError(f"{directory} has no {name!r} graph; it holds {sorted(manifest.graphs)}")
+        entry: GraphEntry = manifest.graphs[name]
+        path = Path(directory) / entry.file
+        if not path.is_file():
+            raise FileNotFoundError(f"graph file {path} listed in the manifest does not exist")
+        self.name = name
+        self.entry = entry
+        self.interface = interface(name, manifest.config)
+        self.ranges = manifest.dims
+        self.range_hint = " (the model's limits)"
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        self.providers = list(providers) if providers is not None else default_providers()
+        self.session = ort.InferenceSession(str(path), options, providers=self.providers)
+        self._check_session(str(path))
+
+    def _check_session(self, source: str) -> None:
+        """The loaded graph's own declared inputs and outputs must be the runtime's interface."""
+        for kind, declared, specs in (
+            ("inputs", self.session.get_inputs(), self.interface.inputs),
+            ("outputs", self.session.get_outputs(), self.interface.outputs),
+        ):
+            by_name = {d.name: d for d in declared}
+            want = [s.name for s in specs]
+            if sorted(by_name) != sorted(want):
+                raise ManifestError(
+                    f"{source}: graph {self.name!r} has {kind} {sorted(by_name)}, but the runtime expects {want}"
+                )
+            for spec in specs:
+                d = by_name[spec.name]
+                dtype = _ORT_TYPES.get(d.type, d.type)
+                shape = tuple(s if isinstance(s, int) else None for s in d.shape) if d.shape is not None else None
+                check_declared(self.name, source, spec, dtype, shape)
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self.output_names, inputs)
+
+
+def load_graphs(
+    directory: str | Path,
+    manifest: Manifest,
+    names: Sequence[str],
+    *,
+    providers: Sequence[str] | None = None,
+    threads: int | None = None,
+) -> dict[str, OrtGraph]:
+    return {n: OrtGraph(directory, n, manifest, providers=providers, threads=threads) for n in names}

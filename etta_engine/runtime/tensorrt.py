@@ -1,0 +1,169 @@
+"""TensorRT backend: :class:`TensorRTGraph` runs one engine of ``etta export tensorrt``'s output with the
+interface of :class:`etta_engine.runtime.ort.OrtGraph` (NumPy in, NumPy out).
+
+Device buffers and the stream are managed with cuda-python's runtime API (``cudaMalloc``, ``cudaMemcpyAsync``,
+``cudaStreamSynchronize``), as TensorRT's own Python samples do; each input and output has a device buffer
+that grows when a call needs more. A call: set the input shapes, copy the inputs in, bind the addresses,
+``execute_async_v3`` on the stream, copy the outputs back, synchronise. Inputs are checked against the
+engine's optimisation profile first, so a length outside it is a clear error, not a TensorRT failure.
+Written against TensorRT 10 and cuda-python 12/13; not runnable on this project's CI machines (no TensorRT).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from etta_engine.runtime.graph import Graph, check_declared
+from etta_engine.runtime.manifest import Manifest, ManifestError, interface
+
+ENGINES = "engines.json"
+
+
+def tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise ImportError(
+            "the TensorRT backend needs TensorRT 10 and cuda-python: pip install 'etta_engine[tensorrt]'"
+        ) from e
+    return trt
+
+
+def cudart():
+    """cuda-python's runtime API module (``cuda.bindings.runtime``, or ``cuda.cudart`` before cuda-python 12.6)."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        try:
+            from cuda import cudart as runtime
+        except ImportError as e:
+            raise ImportError("the TensorRT backend needs cuda-python: pip install 'etta_engine[tensorrt]'") from e
+    return runtime
+
+
+def cuda_call(result):
+    """Unpack a cuda-python ``(error, *values)`` result, raising on an error."""
+    rt = cudart()
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != rt.cudaError_t.cudaSuccess:
+        _, text = rt.cudaGetErrorString(err)
+        raise RuntimeError(f"CUDA error {err}: {text.decode() if isinstance(text, bytes) else text}")
+    return values[0] if len(values) == 1 else (tuple(values) if values else None)
+
+
+def read_engines(directory: Path) -> dict:
+    path = directory / ENGINES
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} has no {ENGINES}; expected the output of `etta export tensorrt`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class TensorRTGraph(Graph):
+    """One TensorRT engine, checked against the runtime's interface, with its stream and device buffers."""
+
+    def __init__(self, directory: str | Path, name: str, manifest: Manifest) -> None:
+        trt, rt = tensorrt(), cudart()
+        directory = Path(directory)
+        settings = read_engines(directory)
+        if settings.get("tensorrt") != trt.__version__:
+            raise ManifestError(
+                f"{directory} was built with TensorRT {settings.get('tensorrt')} but this is TensorRT "
+                f"{trt.__version__}; engines are not portable across versions: rebuild with `etta export tensorrt`"
+            )
+        if name not in settings.get("graphs", {}):
+            raise ManifestError(f"{directory} has no {name!r} engine; it holds {sorted(settings.get('graphs', {}))}")
+        path = directory / settings["graphs"][name]["engine"]
+        self.name = name
+        self.interface = interface(name, manifest.config)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise ManifestError(f"TensorRT could not load {path} (built for another GPU or TensorRT version?)")
+        self.context = self.engine.create_execution_context()
+        self._check_engine(trt, str(path))
+        self.ranges = self._profile_ranges()
+        self.range_hint = (
+            " (the engine's optimisation profile; rebuild with `etta export tensorrt` and a wider --max-batch, "
+            "--max-frames, --max-vae-frames or --max-text)"
+        )
+        self._rt = rt
+        self.stream = cuda_call(rt.cudaStreamCreate())
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+
+    def _check_engine(self, trt, source: str) -> None:
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        want = self.interface.input_names + self.interface.output_names
+        if sorted(names) != sorted(want):
+            raise ManifestError(f"{source}: engine {self.name!r} has tensors {sorted(names)}, expected {want}")
+        for spec in (*self.interface.inputs, *self.interface.outputs):
+            is_input = self.engine.get_tensor_mode(spec.name) == trt.TensorIOMode.INPUT
+            if is_input != (spec in self.interface.inputs):
+                raise ManifestError(f"{source}: engine {self.name!r} has {spec.name!r} on the wrong side (in/out)")
+            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(spec.name))).name
+            shape = tuple(d if d >= 0 else None for d in self.engine.get_tensor_shape(spec.name))
+            check_declared(self.name, source, spec, dtype, shape)
+
+    def _profile_ranges(self) -> dict[str, tuple[int, int]]:
+        """{dimension name: (min, max)} from profile 0, intersected over the inputs that use the dimension."""
+        ranges: dict[str, tuple[int, int]] = {}
+        for spec in self.interface.inputs:
+            lo_shape, _, hi_shape = self.engine.get_tensor_profile_shape(spec.name, 0)
+            for axis, dim in enumerate(spec.shape):
+                if isinstance(dim, str):
+                    lo, hi = ranges.get(dim, (0, 1 << 62))
+                    ranges[dim] = (max(lo, int(lo_shape[axis])), min(hi, int(hi_shape[axis])))
+        return ranges
+
+    def _device(self, name: str, nbytes: int) -> int:
+        ptr, size = self._buffers.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                cuda_call(self._rt.cudaFree(ptr))
+            ptr = cuda_call(self._rt.cudaMalloc(max(nbytes, 1)))
+            self._buffers[name] = (ptr, max(nbytes, 1))
+        return self._buffers[name][0]
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        rt = self._rt
+        h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        host_inputs = {}
+        for spec in self.interface.inputs:
+            array = np.ascontiguousarray(inputs[spec.name])
+            host_inputs[spec.name] = array  # kept alive until the stream is synchronised
+            if not self.context.set_input_shape(spec.name, array.shape):
+                raise ValueError(f"TensorRT refused shape {array.shape} for input {spec.name!r} of {self.name!r}")
+            ptr = self._device(spec.name, array.nbytes)
+            cuda_call(rt.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes, h2d, self.stream))
+            self.context.set_tensor_address(spec.name, ptr)
+        outputs = []
+        for spec in self.interface.outputs:
+            shape = tuple(self.context.get_tensor_shape(spec.name))
+            array = np.empty(shape, dtype=spec.dtype)
+            self.context.set_tensor_address(spec.name, self._device(spec.name, array.nbytes))
+            outputs.append(array)
+        if not self.context.execute_async_v3(self.stream):
+            raise RuntimeError(f"TensorRT failed to run {self.name!r}")
+        for spec, array in zip(self.interface.outputs, outputs, strict=True):
+            ptr = self._buffers[spec.name][0]
+            cuda_call(rt.cudaMemcpyAsync(array.ctypes.data, ptr, array.nbytes, d2h, self.stream))
+        cuda_call(rt.cudaStreamSynchronize(self.stream))
+        return outputs
+
+    def close(self) -> None:
+        """Free the device buffers and the stream (also done when the runner is garbage-collected)."""
+        rt = getattr(self, "_rt", None)
+        if rt is None:
+            return
+        for ptr, _ in self._buffers.values():
+            rt.cudaFree(ptr)
+        self._buffers.clear()
+        if getattr(self, "stream", None) is not None:
+            rt.cudaStreamDestroy(self.stream)
+            self.stream = None
+
+    def __del__(self) -> None:
+        self.close()

@@ -1,0 +1,180 @@
+"""TensorRT: the exported graphs against TensorRT's ONNX operator support matrix (no TensorRT needed), the
+optimisation profiles, clear errors where TensorRT is missing, and, on a machine with TensorRT and a GPU, engines
+built from the tiny export and run against ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import rel_err
+from onnx import TensorProto, helper
+from test_export import exported
+
+from etta_engine.cli import main as etta
+from etta_engine.config import PRESETS
+from etta_engine.export.tensorrt import Profile, profile_shapes, support_table, unsupported_by_tensorrt
+from etta_engine.runtime import RuntimePipeline, ShapeError
+
+HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory):
+    return exported(tmp_path_factory, "tiny")
+
+
+@pytest.fixture(scope="module")
+def fp16_dir(tmp_path_factory):
+    return exported(
+        tmp_path_factory, "tiny-fp16", dtype="fp16", parts=["dit", "vae_decoder"], external_data_threshold=0
+    )
+
+
+# ------------------------------------------------------------------ operator support, without TensorRT
+
+
+def test_support_table_names_its_source():
+    table = support_table()
+    assert table["source"].startswith("https://github.com/onnx/onnx-tensorrt/") and table["tensorrt"] == "10.15"
+    assert (table["opset_min"], table["opset_max"]) == (9, 24)
+    assert {"LayerNormalization", "MatMul", "ConvTranspose", "Softmax"} <= set(table["supported"])
+    assert not set(table["supported"]) & set(table["unsupported"])
+
+
+def test_every_exported_operator_is_supported_by_tensorrt(onnx_dir, fp16_dir):
+    for directory in (onnx_dir, fp16_dir):
+        for path in sorted(directory.glob("*.onnx")):
+            proto = onnx.load(str(path))
+            assert len({n.op_type for n in proto.graph.node}) > 5
+            assert unsupported_by_tensorrt(proto) == [], path
+
+
+def test_the_support_check_finds_what_tensorrt_lacks():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])
+    flag = helper.make_tensor_value_info("flag", TensorProto.BOOL, ["n"])
+    nodes = [
+        helper.make_node("Unique", ["x"], ["u"], name="unique"),
+        helper.make_node("ReduceMax", ["flag"], ["any"], name="reduce_bool", keepdims=0),
+        helper.make_node("Relu", ["x"], ["y"], name="relu"),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("u", TensorProto.FLOAT, None),
+        helper.make_tensor_value_info("any", TensorProto.BOOL, None),
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [x, flag], outputs)
+    problems = unsupported_by_tensorrt(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 25)]))
+    assert problems[0] == "opset 25 is outside [9, 24]"
+    assert any(p.startswith("Unique (unique): not supported by TensorRT 10.15") for p in problems)
+    assert any(p.startswith("ReduceMax (reduce_bool): input 'flag' is BOOL") for p in problems)
+    assert not any("relu" in p for p in problems)
+
+
+# ------------------------------------------------------------------ profiles
+
+
+def test_default_profiles_follow_the_model():
+    cfg = PRESETS["etta"]
+    p = Profile.for_model(cfg)
+    assert p.frames == (1, 215, 1292) and p.text == (1, 512, 512) and p.vae_frames == (1, 215, 512)
+    shapes = profile_shapes("dit_cfg", cfg, p)
+    assert shapes["x"] == ((1, 64, 1), (1, 64, 215), (4, 64, 1292))
+    assert shapes["context"] == ((1, 3, 768), (1, 514, 768), (4, 514, 768))
+    assert shapes["cfg_scale"] == ((1,), (1,), (4,))
+    tiny = PRESETS["tiny"]
+    shapes = profile_shapes("conditioner", tiny, Profile.for_model(tiny, batch=(1, 2, 8)))
+    assert shapes == {
+        "input_ids": ((1, 1), (2, 128), (8, 128)),
+        "attention_mask": ((1, 1), (2, 128), (8, 128)),
+        "numbers": ((1, 2), (2, 2), (8, 2)),
+    }
+    assert profile_shapes("vae_decoder", tiny, Profile(vae_frames=(1, 8, 16)))["latents"][2] == (4, 64, 16)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pattern"),
+    [
+        (dict(frames=(10, 5, 20)), r"profile frames=\(10, 5, 20\) must be integers with 1 <= min <= opt <= max"),
+        (dict(batch=(0, 1, 2)), r"profile batch=\(0, 1, 2\)"),
+        (dict(text=(1, 64, 600)), "profile text max 600 exceeds the text encoder's length 128"),
+        (dict(steps=(1, 2, 3)), r"unknown profile dimensions \['steps'\]"),
+    ],
+)
+def test_bad_profiles_are_clear_errors(overrides, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Profile.for_model(PRESETS["tiny"], **overrides)
+
+
+# ------------------------------------------------------------------ without TensorRT: clear errors
+
+
+@pytest.mark.skipif(HAVE_TENSORRT, reason="checks the message shown where TensorRT is missing")
+def test_without_tensorrt_the_commands_say_what_to_install(onnx_dir, tmp_path, capsys):
+    assert etta(["export", "tensorrt", str(onnx_dir), str(tmp_path / "engines"), "--quiet"]) == 2
+    assert "pip install 'etta_engine[tensorrt]'" in capsys.readouterr().err
+    assert not (tmp_path / "engines").exists()
+    with pytest.raises(ImportError, match=r"the TensorRT backend needs TensorRT 10 and cuda-python"):
+        RuntimePipeline(onnx_dir, backend="tensorrt").graph("dit")
+
+
+# ------------------------------------------------------------------ with TensorRT and a GPU
+
+
+@pytest.fixture(scope="module")
+def engines(onnx_dir, tmp_path_factory):
+    pytest.importorskip("tensorrt")
+    from etta_engine.export.tensorrt import build_engines
+
+    out = tmp_path_factory.getbasetemp() / "trt-tiny"
+    cache = tmp_path_factory.getbasetemp() / "trt-tiny.cache"
+    profile = Profile(batch=(1, 2, 3), frames=(1, 22, 64), text=(1, 128, 128), vae_frames=(1, 22, 64))
+    build_engines(onnx_dir, out, profile=profile, timing_cache=cache, progress=False)
+    assert cache.stat().st_size > 0
+    return out
+
+
+@pytest.mark.gpu
+def test_engines_are_saved_with_their_build_settings(engines, onnx_dir):
+    import tensorrt as trt
+
+    settings = json.loads((engines / "engines.json").read_text())
+    assert settings["tensorrt"] == trt.__version__ and settings["gpu"]["name"] != "unknown"
+    assert sorted(settings["graphs"]) == ["conditioner", "dit", "dit_cfg", "vae_decoder"]
+    for name, entry in settings["graphs"].items():
+        assert (engines / entry["engine"]).stat().st_size > 0
+        assert entry["profile"]["x" if name.startswith("dit") else next(iter(entry["profile"]))]
+    assert (engines / "manifest.json").read_text() == (onnx_dir / "manifest.json").read_text()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [1, 17, 64])
+def test_tensorrt_runner_matches_onnx_runtime(engines, onnx_dir, T):
+    trt_pipe = RuntimePipeline(engines, backend="tensorrt")
+    ort_pipe = RuntimePipeline(onnx_dir)
+    cond = ort_pipe.encode(["a dog barks", "rain"], seconds_total=3.0)
+    x = np.random.default_rng(T).standard_normal((2, 64, T), dtype=np.float32)
+    t = np.array([0.3, 0.9], np.float32)
+    inputs = dict(x=x, t=t, context=cond.context, context_mask=cond.context_mask, global_cond=cond.global_cond)
+    (want,) = ort_pipe.graph("dit")(**inputs)
+    (got,) = trt_pipe.graph("dit")(**inputs)
+    assert rel_err(np.asarray(got), np.asarray(want)) < 1e-3  # TF32 may be on in TensorRT's fp32 kernels
+    trt_cond = trt_pipe.encode(["a dog barks", "rain"], seconds_total=3.0)
+    assert rel_err(trt_cond.context, cond.context) < 1e-3
+
+
+@pytest.mark.gpu
+def test_tensorrt_generation_and_profile_errors(engines, onnx_dir):
+    trt_pipe = RuntimePipeline(engines, backend="tensorrt")
+    kw = dict(seconds=1.0, nfe=3, cfg_scale=3.0, seed=0, progress=False)
+    got = trt_pipe.generate(["a dog barks"], **kw).waveform
+    want = RuntimePipeline(onnx_dir).generate(["a dog barks"], **kw).waveform
+    assert rel_err(got, want) < 1e-2
+    with pytest.raises(ShapeError, match=r"frames=65 .* outside \[1, 64\] \(the engine's optimisation profile"):
+        trt_pipe.generate(["a dog barks"], **kw | {"seconds": 65 / trt_pipe.cfg.latent_rate})
+    with pytest.raises(ShapeError, match=r"batch=4 .* outside \[1, 3\]"):
+        trt_pipe.generate(["a"] * 4, **kw)
