@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from etta_engine._files import atomic_write
 from etta_engine.config import PRESETS, DiTConfig, ModelConfig, VAEConfig, get_preset
 from etta_engine.convert import convert_official, is_official
 from etta_engine.models.dit import DiT
@@ -71,35 +72,6 @@ def _dedupe(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], di
         seen[ident] = key
         tensors[key] = t.detach().contiguous()
     return tensors, aliases
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then move the finished file over ``path`` (fsync'd)."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: directory {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
 
 
 def save(path: str | os.PathLike, module: nn.Module, *, metadata: Mapping[str, str] | None = None) -> Path:

@@ -352,7 +352,7 @@ def _fsync_tree(directory: Path) -> None:
 
 def publish_directory(tmp: Path, out: Path, force: bool) -> None:
     """Rename the finished ``tmp`` directory to ``out`` (replacing it with ``force``)."""
-    from etta_engine.runtime._files import fsync_dir
+    from etta_engine._files import fsync_dir
 
     _fsync_tree(tmp)
     old = None

@@ -223,7 +223,7 @@ def build_engines(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if cache_path is not None:
-        from etta_engine.runtime._files import atomic_write
+        from etta_engine._files import atomic_write
 
         atomic_write(cache_path, lambda p: Path(p).write_bytes(cache_bytes))
     return settings

@@ -22,8 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from etta_engine._files import atomic_write
 from etta_engine.runtime import sampling
-from etta_engine.runtime._files import atomic_write
 from etta_engine.runtime.graph import Graph
 from etta_engine.runtime.manifest import Manifest, ManifestError, read_manifest
 from etta_engine.runtime.tokenizer import ByteTokenizer, JsonTokenizer

@@ -1,7 +1,5 @@
-"""Atomic file writes for the runtime (no torch): a temporary file in the same directory, fsync, rename.
-
-The same protocol as :func:`etta_engine.checkpoint.atomic_write`, which lives in a module that needs torch.
-"""
+"""Atomic file writes: a temporary file in the same directory, fsync, rename. No torch here, so that the
+torch-free runtime and the checkpoint code share one implementation."""
 
 from __future__ import annotations
 
