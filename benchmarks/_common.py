@@ -71,3 +71,22 @@ def write_results(name: str, env: dict, rows: list[dict], out: Path | None = Non
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def pyplot():
+    """matplotlib.pyplot with a file-only backend (benchmarks run on machines without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path, title: str) -> Path:
+    """Give ``fig`` its title, lay it out and write it next to the results file ``path`` as .png."""
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = path.with_suffix(".png")
+    fig.savefig(out, dpi=120)
+    return out

@@ -24,7 +24,8 @@ from etta_engine.pipeline import Pipeline
 from etta_engine.sampling import SOLVERS, steps_for
 
 
-def run(args) -> list[dict]:
+def run(args, save) -> list[dict]:
+    """The rows of the grid; ``save(rows)`` is called after each one (a long run keeps what it measured)."""
     pipe = Pipeline.from_pretrained(args.model, device=args.device)
     prompts = evaluation_prompts(args.prompts, args.prompt_seed)
     grid = []
@@ -44,11 +45,13 @@ def run(args) -> list[dict]:
         strict=True,
     ):
         rows.append(_row(args, name, None, None, len(prompts), report, 0.0))
+        save(rows)
         tqdm.write(f"{name}: accuracy {report.accuracy:.3f}")
     for solver, nfe, cfg_scale in tqdm(grid, desc="grid", unit="setting"):
         t0 = time.perf_counter()
         report = adherence(pipe, prompts, seed=args.seed, nfe=nfe, solver=solver, cfg_scale=cfg_scale)
         rows.append(_row(args, solver, nfe, cfg_scale, len(prompts), report, (time.perf_counter() - t0) / len(prompts)))
+        save(rows)
         tqdm.write(f"{solver:9s} nfe={nfe:3d} cfg={cfg_scale:3.1f}: accuracy {report.accuracy:.3f}")
     return rows
 
@@ -122,9 +125,10 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = run(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    path = write_results("demo_quality", environment(device), rows, args.out)
+    env = environment(device)
+    rows = run(args, lambda rows: write_results("demo_quality", env, rows, args.out))
+    path = write_results("demo_quality", env, rows, args.out)
     print(f"wrote {path} and {plot(path)}")
 
 

@@ -1,5 +1,6 @@
 """Plots of a benchmarks/sweep.py result: end-to-end latency against NFE, and the error against latency with
 each solver's Pareto front (the settings no other setting beats on both), one column per guidance scale.
+The torch-free runtime's rows (backends ``onnx`` and ``tensorrt``: the exported graphs) are drawn dashed.
 
 python benchmarks/plot_sweep.py benchmarks/results/sweep-<device>-<date>.json -o sweep.png
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+RUNTIME_BACKENDS = ("onnx", "tensorrt")
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -42,7 +45,8 @@ def plot(result: Path, out: Path) -> Path:
                     if (r["solver"], r["backend"], r["cfg_scale"]) == (solver, backend, scale)
                 )
                 if cells:
-                    top.plot(*zip(*cells, strict=True), marker="o", label=f"{solver} / {backend}")
+                    style = "--" if backend in RUNTIME_BACKENDS else "-"
+                    top.plot(*zip(*cells, strict=True), style, marker="o", label=f"{solver} / {backend}")
             points = [
                 (r["e2e_ms"], r["latent_rel_rmse"]) for r in rows if (r["solver"], r["cfg_scale"]) == (solver, scale)
             ]

@@ -5,7 +5,12 @@ the latent RMSE (relative) and a multi-resolution spectral distance of the decod
 
 Backends: ``eager`` (the model called per step), ``compile`` (``torch.compile`` of the DiT), and the engine
 (:mod:`etta_engine.engine`: hoisted adaLN/K-V/timestep work, skipped uncond cross-attention) with the torch,
-Triton or csrc/ ops (``engine-torch``, ``engine-triton``, ``engine-cuda``) wherever they can run.
+Triton or csrc/ ops (``engine-torch``, ``engine-triton``, ``engine-cuda``) wherever they can run, and the
+exported graphs in the torch-free runtime (:mod:`etta_engine.runtime`): ``onnx`` (ONNX Runtime, CUDA provider when
+the device is CUDA and onnxruntime has it) and ``tensorrt`` (engines built from the same export; skipped with a
+message where TensorRT is not installed). The model is exported once per sweep (fp32, or fp16 for ``--dtype
+fp16``; bf16 has no ONNX export) to a temporary directory; the runtime rows start from the same noise and are
+timed by the same stages; their peak memory is not measured (None: ONNX Runtime's arena is not torch's).
 
     python benchmarks/sweep.py --model etta --device cuda --dtype bf16             # the full grid
     python benchmarks/sweep.py --smoke                                             # CPU, tiny, a few cells
@@ -18,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,16 +43,51 @@ from etta_engine.train.losses import MultiResolutionSTFTLoss
 
 NFES = (1, 2, 4, 8, 16, 32, 50, 100)
 SOLVERS = ("euler", "heun", "midpoint", "dpmpp_2m")
-BACKENDS = ("eager", "compile", "engine-torch", "engine-triton", "engine-cuda")
+BACKENDS = ("eager", "compile", "engine-torch", "engine-triton", "engine-cuda", "onnx", "tensorrt")
+RUNTIME_BACKENDS = {"onnx": "onnxruntime", "tensorrt": "tensorrt"}  # sweep name -> RuntimePipeline backend
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+EXPORT_DTYPES = {"fp32": "fp32", "fp16": "fp16"}  # sweep dtype -> ONNX export dtype
 
 
-def backend_unusable(name: str, device: torch.device) -> str | None:
+def backend_unusable(name: str, device: torch.device, dtype: str = "fp32") -> str | None:
+    """Why ``name`` cannot run on ``device`` in ``dtype``, or None if it can."""
     if name == "engine-triton":
         return triton_unusable(device)
     if name == "engine-cuda":
         return csrc_unusable(device)
+    if name in RUNTIME_BACKENDS and dtype not in EXPORT_DTYPES:
+        return f"the ONNX export has no {dtype} (choices: {sorted(EXPORT_DTYPES)})"
+    if name == "onnx":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "onnxruntime is not installed (pip install 'etta_engine[runtime]')"
+    if name == "tensorrt":
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            return "tensorrt is not installed (pip install 'etta_engine[tensorrt]', NVIDIA GPUs only)"
+        if device.type != "cuda":
+            return f"TensorRT engines run on CUDA devices, not {device.type}"
     return None
+
+
+def runtime_pipelines(model: ETTAModel, backends: list[str], dtype: str, device: torch.device, folder: Path):
+    """{sweep backend: RuntimePipeline} on one export of ``model`` (and TensorRT engines built from it)."""
+    from etta_engine.export import export_onnx
+    from etta_engine.runtime import RuntimePipeline
+
+    export_onnx(model, folder / "onnx", dtype=EXPORT_DTYPES[dtype], progress=False)
+    pipelines = {}
+    if "onnx" in backends:
+        providers = None if device.type == "cuda" else ["CPUExecutionProvider"]
+        pipelines["onnx"] = RuntimePipeline(folder / "onnx", backend=RUNTIME_BACKENDS["onnx"], providers=providers)
+    if "tensorrt" in backends:
+        from etta_engine.export.tensorrt import build_engines
+
+        build_engines(folder / "onnx", folder / "tensorrt", progress=False)
+        pipelines["tensorrt"] = RuntimePipeline(folder / "tensorrt", backend=RUNTIME_BACKENDS["tensorrt"])
+    return pipelines
 
 
 def velocity_fn(backend: str, model: ETTAModel, both: DiTConditioning, times: list[float], compiled):
@@ -66,26 +108,45 @@ def timed(device: torch.device, fn):
 
 
 def run(args) -> list[dict]:
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    model = load_model(args.model).to(device).eval()
+    device = torch.device(args.device)
+    backends = []
+    for backend in args.backends:
+        reason = backend_unusable(backend, device, args.dtype)
+        if reason is None:
+            backends.append(backend)
+        else:
+            print(f"skipping backend {backend!r}: {reason}", file=sys.stderr)
+    model = load_model(args.model).eval()
     if not model.dit.final.linear.weight.any():
         # An untrained preset's velocity is exactly zero (adaLN-Zero): give it weights so the solvers differ.
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(0)
             for p in model.dit.parameters():
                 p.normal_(0, 0.02)
-    model.dit.to(dtype)
     if model.text_encoder is None:
         raise SystemExit(f"{args.model!r} needs a pretrained text encoder (not loaded here): use a model with its own")
+    with tempfile.TemporaryDirectory(prefix="sweep-export-") as folder:
+        runtime = [b for b in backends if b in RUNTIME_BACKENDS]
+        # Exported from the CPU model in fp32, before the move and the cast (the export casts by itself).
+        pipelines = runtime_pipelines(model, runtime, args.dtype, device, Path(folder)) if runtime else {}
+        return sweep(args, model.to(device), backends, pipelines)
+
+
+def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> list[dict]:
+    """The rows of every cell of ``backends`` x solvers x NFE x CFG (``pipelines``: the runtime backends')."""
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    model.dit.to(dtype)
     mcfg = model.cfg
     frames = max(1, round(args.seconds * mcfg.latent_rate))
     prompts = ["a dog barks twice, then rain on a tin roof"]
     noise = torch.randn(1, mcfg.dit.io_channels, frames, generator=torch.Generator().manual_seed(0)).to(device, dtype)
-    compiled = torch.compile(model.dit) if "compile" in args.backends else None
+    compiled = torch.compile(model.dit) if "compile" in backends else None
     mrstft = MultiResolutionSTFTLoss().to(device)
 
     def generate(backend: str, solver: str, nfe: int, scale: float):
         """(latents, decoded audio, stage times in ms) of one generation."""
+        if backend in pipelines:
+            return generate_runtime(pipelines[backend], solver, nfe, scale)
         cond, text_ms = timed(device, lambda: model.condition(prompts, 0.0, args.seconds))
         cond = DiTConditioning(cond.context.to(dtype), cond.context_mask, cond.global_cond.to(dtype))
         guided = scale != 1.0
@@ -101,11 +162,22 @@ def run(args) -> list[dict]:
         audio, vae_ms = timed(device, lambda: model.vae.decode(x.to(model.vae.dtype)).float())
         return x.float(), audio, {"text_ms": text_ms, "dit_ms": dit_ms, "vae_ms": vae_ms}
 
+    runtime_noise = noise.float().cpu().numpy()
+
+    def generate_runtime(pipe, solver: str, nfe: int, scale: float):
+        """The same generation with the exported graphs (NumPy in and out; the same noise and stages)."""
+        cpu = torch.device("cpu")
+        cond, text_ms = timed(cpu, lambda: pipe.encode(prompts, seconds_total=args.seconds))
+        x, dit_ms = timed(cpu, lambda: pipe.sample(cond, None, runtime_noise, nfe=nfe, solver=solver, cfg_scale=scale))
+        audio, vae_ms = timed(cpu, lambda: pipe.decode(x, chunk_frames=None))
+        stages = {"text_ms": text_ms, "dit_ms": dit_ms, "vae_ms": vae_ms}
+        return torch.from_numpy(x).to(device), torch.from_numpy(audio).to(device), stages
+
     rows = []
     cells = [
         (b, s, n, w)
-        for b, s, n, w in itertools.product(args.backends, args.solvers, args.nfes, args.cfg_scales)
-        if backend_unusable(b, device) is None and _fits(s, n)
+        for b, s, n, w in itertools.product(backends, args.solvers, args.nfes, args.cfg_scales)
+        if _fits(s, n)
     ]
     references = {}
     with torch.no_grad():
@@ -118,7 +190,9 @@ def run(args) -> list[dict]:
             x, audio, stages = generate(backend, solver, nfe, scale)
             x_ref, audio_ref = references[scale]
             e2e = sum(stages.values())
-            peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            peak = None  # CPU: not measured; the runtime backends allocate outside torch
+            if device.type == "cuda" and backend not in pipelines:
+                peak = torch.cuda.max_memory_allocated(device) / 2**30
             rmse = (x - x_ref).pow(2).mean().sqrt() / x_ref.pow(2).mean().sqrt().clamp_min(1e-12)
             spectral = mrstft(audio.flatten(0, 1)[:, None], audio_ref.flatten(0, 1)[:, None])
             rows.append(
@@ -129,6 +203,7 @@ def run(args) -> list[dict]:
                     "nfe": nfe,
                     "cfg_scale": scale,
                     "dtype": args.dtype,
+                    "runtime": _runtime_info(pipelines.get(backend)),
                     "seconds": args.seconds,
                     **stages,
                     "e2e_ms": e2e,
@@ -140,6 +215,16 @@ def run(args) -> list[dict]:
                 }
             )
     return rows
+
+
+def _runtime_info(pipe) -> dict | None:
+    """How a runtime row ran: the export's dtype and, for ONNX Runtime, its execution providers."""
+    if pipe is None:
+        return None
+    info = {"backend": pipe.backend, "export_dtype": pipe.manifest.graphs["dit"].dtype}
+    if pipe.backend == "onnxruntime":
+        info["providers"] = pipe.graph("dit").providers
+    return info
 
 
 def _fits(solver: str, nfe: int) -> bool:
@@ -166,14 +251,21 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.model, args.device, args.seconds, args.reference_nfe = "tiny", "cpu", 1.0, 16
-        args.nfes, args.solvers, args.backends = [2, 4], ["euler", "heun"], ["eager", "engine-torch", "engine-cuda"]
+        args.nfes, args.solvers = [2, 4], ["euler", "heun"]
+        args.backends = ["eager", "engine-torch", "engine-cuda", "onnx", "tensorrt"]
     unknown = sorted(set(args.backends) - set(BACKENDS))
     if unknown:
         parser.error(f"unknown backends {unknown}; choices: {list(BACKENDS)}")
     for solver in args.solvers:
         steps_for(solver, 100)  # unknown solvers fail here, with the choices
     rows = run(args)
-    path = write_results("sweep", environment(torch.device(args.device)), rows, args.out)
+    env = environment(torch.device(args.device))
+    for name in ("onnxruntime", "tensorrt"):
+        try:
+            env[name] = __import__(name).__version__
+        except ImportError:
+            env[name] = None
+    path = write_results("sweep", env, rows, args.out)
     for r in rows:
         print(
             f"{r['backend']:<14} {r['solver']:<9} nfe={r['nfe']:<4} cfg={r['cfg_scale']:<4} "

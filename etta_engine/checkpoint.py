@@ -288,3 +288,97 @@ def load(
         if dtype is not None:
             module.text_encoder.to(dtype)
     return module
+
+
+# ------------------------------------------------------------------ audio-prompt adapters
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_reference(name_or_path: str | os.PathLike) -> tuple[str, str]:
+    """(reference, sha256) of a base model: a shipped model's name or a preset name as is, a file as its absolute
+    path; the sha256 of the file behind it ("" for presets, whose random weights are fixed by their seed)."""
+    if is_pretrained(name_or_path):
+        return str(name_or_path), file_sha256(PRETRAINED[name_or_path]) if PRETRAINED[name_or_path].is_file() else ""
+    if isinstance(name_or_path, str) and name_or_path in PRESETS:
+        return name_or_path, ""
+    path = Path(name_or_path).resolve()
+    return str(path), file_sha256(path)
+
+
+def save_adapter(
+    path: str | os.PathLike,
+    adapter: nn.Module,
+    *,
+    stage: int,
+    base: str | os.PathLike,
+    parent: str | os.PathLike | None = None,
+    names: list[str] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write the tensors ``names`` of an :class:`~etta_engine.models.adapter.AudioAdapter` (default: all) with
+    its config, the training ``stage``, and references (with sha256) to the ``base`` model and to the ``parent``
+    adapter checkpoint that holds the rest, atomically."""
+    from safetensors.torch import save_file
+
+    sd = adapter.state_dict()
+    unknown = sorted(set(names or ()) - set(sd))
+    if unknown:
+        raise ValueError(f"{unknown} are not tensors of the adapter")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items() if names is None or k in names}
+    base_ref, base_sha = model_reference(base)
+    meta = dict(metadata or {})
+    meta.update(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        kind="adapter",
+        config=json.dumps(adapter.cfg.to_dict(), sort_keys=True),
+        stage=str(stage),
+        base=base_ref,
+        base_sha256=base_sha,
+        parent="" if parent is None else str(Path(parent).resolve()),
+        parent_sha256="" if parent is None else file_sha256(parent),
+    )
+    return atomic_write(path, lambda tmp: save_file(tensors, os.fspath(tmp), metadata=meta))
+
+
+def load_adapter(path: str | os.PathLike, *, device: str | torch.device = "cpu"):
+    """(AudioAdapter in eval mode, metadata) of an adapter checkpoint, with the tensors its parent chain holds."""
+    from etta_engine.models.adapter import AdapterConfig, AudioAdapter
+
+    chain: list[tuple[Path, dict, dict]] = []
+    current: Path | None = Path(path)
+    while current is not None:
+        if not current.is_file():
+            raise FileNotFoundError(f"adapter checkpoint {current} does not exist")
+        if any(current.resolve() == p.resolve() for p, _, _ in chain):
+            raise CheckpointError(f"adapter checkpoint {current} is its own ancestor")
+        sd, meta = read_safetensors(current)
+        if meta.get("format") != FORMAT or meta.get("kind") != "adapter":
+            raise CheckpointError(f"{current} is not an etta_engine adapter checkpoint (kind {meta.get('kind')!r})")
+        chain.append((current, sd, meta))
+        parent = meta.get("parent") or None
+        if parent is not None and Path(parent).is_file() and file_sha256(parent) != meta.get("parent_sha256"):
+            raise CheckpointError(f"{current}: its parent {parent} changed since it was written (sha256 differs)")
+        current = None if parent is None else Path(parent)
+    top_path, _, top_meta = chain[0]
+    try:
+        cfg = AdapterConfig.from_dict(json.loads(top_meta["config"]))
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{top_path} has an invalid adapter config: {e}") from e
+    merged: dict[str, torch.Tensor] = {}
+    for p, sd, meta in reversed(chain):  # the root first; each stage overwrites what it trained
+        if (meta.get("base"), meta.get("base_sha256")) != (top_meta.get("base"), top_meta.get("base_sha256")):
+            raise CheckpointError(f"{top_path} and its ancestor {p} were trained on different base models")
+        merged.update({k: v for k, v in sd.items() if not k.startswith("lora.") or cfg.lora_rank})
+    with torch.device("meta"):
+        adapter = AudioAdapter(cfg)
+    return _materialize(adapter, merged, str(top_path), device, None), dict(top_meta)

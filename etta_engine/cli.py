@@ -1,4 +1,4 @@
-"""The ``etta`` command line: ``generate``, ``convert``, ``info``, ``export``, ``cache``, ``train``."""
+"""The ``etta`` command line: ``generate``, ``edit``, ``convert``, ``info``, ``export``, ``cache``, ``train``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ def _generate_with_runtime(args: argparse.Namespace) -> int:
         "--strength": args.strength != 1.0,
         "--text-encoder": args.text_encoder,
         "--device": args.device,
+        "--adapter": args.adapter,
+        "--audio-prompt": args.audio_prompt,
     }
     used = [flag for flag, value in torch_only.items() if value]
     if used:
@@ -46,7 +48,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         data, init_rate = sf.read(args.init_audio, dtype="float32", always_2d=True)  # (samples, channels)
         init_audio = data.T
+    if args.audio_prompt and not args.adapter:
+        raise SystemExit("etta generate: --audio-prompt needs --adapter (an audio-prompt adapter checkpoint)")
     pipe = Pipeline.from_pretrained(args.model, device=args.device, text_encoder_path=args.text_encoder)
+    if args.adapter:
+        pipe.load_adapter(args.adapter)
     audio = pipe.generate(
         prompts,
         seconds=args.seconds,
@@ -62,12 +68,38 @@ def cmd_generate(args: argparse.Namespace) -> int:
         init_sample_rate=init_rate,
         strength=args.strength,
         keep=args.keep or None,
+        audio_prompt=args.audio_prompt,
+        audio_prompt_scale=args.audio_prompt_scale,
         decode_chunk_frames=args.decode_chunk or None,
         progress=not args.quiet,
     )
     for i, path in enumerate(output_paths(output, len(prompts))):
         audio.save(path, index=i)
         print(f"wrote {path} ({audio.seconds:.2f} s, {audio.sample_rate} Hz, {audio.waveform.shape[1]} ch)")
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from etta_engine.data import load_audio
+    from etta_engine.pipeline import Pipeline
+
+    output = check_output(args.output, "etta edit")
+    pipe = Pipeline.from_pretrained(args.model, device=args.device, text_encoder_path=args.text_encoder)
+    clip = load_audio(args.input, pipe.cfg.sample_rate, pipe.cfg.vae.audio_channels)
+    audio = pipe.edit(
+        clip,
+        args.prompt,
+        source_prompt=args.source_prompt,
+        strength=args.strength,
+        nfe=args.nfe,
+        solver=args.solver,
+        schedule=args.schedule,
+        cfg_scale=args.cfg_scale,
+        inversion_cfg_scale=args.inversion_cfg_scale,
+        progress=not args.quiet,
+    )
+    path = audio.save(output)
+    print(f"wrote {path} ({audio.seconds:.2f} s, {audio.sample_rate} Hz, {audio.waveform.shape[1]} ch)")
     return 0
 
 
@@ -306,9 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(g)
     g.add_argument(
         "--model",
-        default="tiny",
-        help="preset name or checkpoint path (default: tiny, random weights); with --backend onnx|tensorrt, "
-        "the directory written by `etta export`",
+        default="demo",
+        help="trained model name, preset name (random weights) or checkpoint path (default: demo, the small trained "
+        "model that ships with the package); with --backend onnx|tensorrt, the directory written by `etta export`",
     )
     g.add_argument(
         "--backend",
@@ -322,9 +354,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--keep", type=_region, action="append", metavar="START:END", help="keep this region (s) of --init-audio"
     )
+    g.add_argument("--adapter", default=None, help="audio-prompt adapter checkpoint (etta train dit --adapter-stage)")
+    g.add_argument("--audio-prompt", default=None, help="with --adapter: an audio file whose sound to follow")
+    g.add_argument("--audio-prompt-scale", type=float, default=1.0, help="weight of --audio-prompt (0: ignore it)")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     add_runtime_args(g)
     g.set_defaults(func=cmd_generate)
+
+    ed = sub.add_parser("edit", help="edit an audio file by ODE inversion: invert it, then regenerate with a prompt")
+    ed.add_argument("input", help="the audio file to edit")
+    ed.add_argument("prompt", help="what the edited clip should be")
+    ed.add_argument("-o", "--output", required=True, help="the WAV file to write")
+    ed.add_argument("--model", default="demo", help="trained model name, preset or checkpoint (default: demo)")
+    ed.add_argument("--source-prompt", default=None, help="describes the input (default: the prompt)")
+    ed.add_argument(
+        "--strength", type=float, default=0.7, help="invert up to t=strength (1: to noise; lower keeps more)"
+    )
+    ed.add_argument("--nfe", type=int, default=50, help="velocity calls of the inversion and of the regeneration")
+    ed.add_argument("--solver", default="euler", help="euler, heun, midpoint or rk4")
+    ed.add_argument("--schedule", default="uniform")
+    ed.add_argument("--cfg-scale", type=float, default=3.5)
+    ed.add_argument("--inversion-cfg-scale", type=float, default=1.0)
+    ed.add_argument("--text-encoder", default=None)
+    ed.add_argument("--device", default=None)
+    ed.add_argument("--quiet", action="store_true")
+    ed.set_defaults(func=cmd_edit)
 
     c = sub.add_parser("convert", help="official ETTA checkpoint (or ours) -> etta_engine safetensors")
     c.add_argument("src")

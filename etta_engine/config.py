@@ -212,7 +212,7 @@ PRESETS: dict[str, ModelConfig] = {
         vae=VAEConfig(channels=4, c_mults=(1, 2, 4, 8, 16)),
         text=TextConfig(pretrained=None, dim=32, max_length=128, layers=2, heads=2, d_kv=16, d_ff=64),
     ),
-    # The shipped default model (etta_engine/assets/demo.safetensors), trained on CPU in about an hour on
+    # The shipped default model (etta_engine/assets/demo.safetensors), trained on CPU in about two hours on
     # the synthetic sound events of etta_engine.demo (scripts/train_demo.py): 8 kHz mono, 2 s clips, a VAE with
     # 256x downsampling to 16 latent channels (31.25 frames/s), a small DiT, and a frozen, randomly
     # initialised byte-level T5 whose weights ship with the model.

@@ -10,9 +10,24 @@ generation, :meth:`DiTEngine.prepare` therefore computes once:
 - which rows have a zero memory (the official null conditioning of the uncond half of a CFG batch): their
   cross-attention output is exactly zero, so it is skipped, not computed.
 
+With an audio prompt (:mod:`etta_engine.models.adapter`), the adapter's K/V of the audio tokens are computed once
+too, and each block's gated audio cross-attention runs in the step.
+
 The prepared velocity function then runs only what depends on x: self-attention, the cross-attention queries
 of the rows that attend to a prompt, and the FFN. It keeps no host syncs in the step (the call index is a
 Python counter), so a step can be captured in a CUDA graph.
+
+CUDA graphs: on CUDA tensors each step runs on static buffers (:class:`StaticStep`) and, from the second call
+of a shape on, is replayed from a ``torch.cuda.CUDAGraph`` instead of launching its few hundred kernels one by
+one. The engine keeps the graphs of its last :data:`GRAPH_CACHE_SIZE` shapes, so later generations of the same
+shape replay at once; their per-generation inputs (prompt K/V, mask) are copied into the graph's buffers.
+
+fp16 (a DiT whose weights are float16): fp16 has a range of 65504, which a DiT's residual stream and FFN
+activations can exceed (the official fp16 autocast path has no guard). With ``fp16_guards`` (default) the
+engine keeps fp32 what needs the range: the residual stream, the time/global embeddings, the adaLN outputs,
+the LayerNorms and modulation, the attention softmax (inside the attention kernels) and the final layer; every
+other matmul runs on fp16 weights with each input row divided by a power of two chosen so that neither the
+fp16 input nor the fp16 output can overflow (:func:`guarded_linear`): exact scaling, no clamping, no host sync.
 
     engine = DiTEngine(model.dit)
     times = evaluation_times("heun", nfe=8, schedule="uniform")
@@ -22,21 +37,38 @@ Python counter), so a step can be captured in a CUDA graph.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import NamedTuple
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call
 
 from etta_engine import ops
+from etta_engine.models.adapter import AudioAdapter, AudioPrompt
 from etta_engine.models.conditioning import DiTConditioning
 from etta_engine.models.dit import DiT
-from etta_engine.sampling import sample
+from etta_engine.sampling import invert, sample
 
 ADAPTIVE_SOLVERS = ("dopri5",)
+CUDA_GRAPH_MODES = (True, False, "eager")
+GRAPH_CACHE_SIZE = 4  # captured step graphs kept per engine (one per batch/length/prompt-layout shape)
+FP16_MAX = 65504.0
+# Inputs and outputs of a guarded fp16 matmul stay below this bound (half of FP16_MAX: room for rounding).
+FP16_GUARD_LIMIT = 2.0**15
+# Linear layers of a block run by guarded_linear, in the order of the bounds vector (6 per block).
+GUARDED_LAYERS = ("self_attn.qkv", "self_attn.out", "cross_attn.q", "cross_attn.out", "ff.up", "ff.down")
 
 
-def evaluation_times(solver: str, nfe: int, schedule: str = "uniform", t_start: float = 1.0, **options) -> list[float]:
-    """The times at which :func:`~etta_engine.sampling.sample` calls the velocity function, in call order.
+def evaluation_times(
+    solver: str, nfe: int, schedule: str = "uniform", t_start: float = 1.0, *, inverse: bool = False, **options
+) -> list[float]:
+    """The times at which :func:`~etta_engine.sampling.sample` calls the velocity function, in call order
+    (``inverse``: those of :func:`~etta_engine.sampling.invert` up to ``t_start``).
 
     Found by running the solver on a one-element problem with a recording velocity: the fixed-step solvers
     never branch on values, so the real run calls at the same times in the same order.
@@ -49,28 +81,102 @@ def evaluation_times(solver: str, nfe: int, schedule: str = "uniform", t_start: 
         times.append(float(t[0]))
         return torch.zeros_like(x)
 
-    sample(record, torch.zeros(1, 1, 1), solver=solver, nfe=nfe, schedule=schedule, t_start=t_start, **options)
+    if inverse:
+        invert(record, torch.zeros(1, 1, 1), solver=solver, nfe=nfe, schedule=schedule, t_end=t_start, **options)
+    else:
+        sample(record, torch.zeros(1, 1, 1), solver=solver, nfe=nfe, schedule=schedule, t_start=t_start, **options)
     return times
+
+
+# ------------------------------------------------------------------ fp16 guards
+
+
+def guarded_linear(a: torch.Tensor, weight: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """``a @ weight.T`` with a (bias-free) fp16 ``weight`` and an fp16 matmul that cannot overflow; fp32 result.
+
+    ``bound``: a 0-d tensor >= max_j sum_i |weight[j, i]| (the largest row L1 norm). Every output is bounded by
+    ``max|a_row| * bound`` and the input by ``max|a_row|``, so dividing each row of ``a`` by the power of two
+    ``s = 2^ceil(log2(max|a_row| * max(bound, 1) / 2^15))`` (at least 1) keeps both below 2^15, partial sums
+    included; ``s`` is multiplied back in fp32. Powers of two scale exactly: rows that need no scaling
+    (``s = 1``, the usual case) get the plain fp16 matmul's result; scaled rows lose only components that
+    fall below fp16's normal range.
+    """
+    peak = a.detach().abs().amax(dim=-1, keepdim=True).float() * bound.clamp_min(1.0)  # (..., 1)
+    s = torch.exp2(torch.ceil(torch.log2(peak / FP16_GUARD_LIMIT))).clamp_min(1.0)  # peak 0: exp2(-inf) = 0 -> 1
+    return F.linear((a.float() / s).to(weight.dtype), weight).float() * s
+
+
+def row_l1_bound(weight: torch.Tensor) -> torch.Tensor:
+    """The largest row L1 norm of a linear layer's weight, in fp32 (the ``bound`` of :func:`guarded_linear`)."""
+    return weight.float().abs().sum(dim=1).amax()
+
+
+def saturate_fp16(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in fp16, with values beyond the fp16 range clamped to +-65504 instead of becoming inf."""
+    return x.clamp(-FP16_MAX, FP16_MAX).to(torch.float16)
+
+
+def _fp32_call(module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    """``module(*args)`` with fp32 copies of its parameters and floating inputs (an fp32 island of an fp16 DiT)."""
+    params = {name: p.float() for name, p in module.named_parameters()}
+    return functional_call(module, params, tuple(a.float() if a.is_floating_point() else a for a in args))
+
+
+def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    bias = None if layer.bias is None else layer.bias.float()
+    return F.linear(x.float(), layer.weight.float(), bias)
+
+
+# ------------------------------------------------------------------ the engine
+
+
+class StepPlan(NamedTuple):
+    """What a step's code depends on besides tensors (part of the key of a captured graph)."""
+
+    rows: tuple[int, ...]  # batch rows with a prompt: their cross-attention is computed
+    prefix: bool  # rows == 0..n-1 (the CFG layout): slices instead of gathers
+    batch: int
+    guarded: bool  # the fp16 path with guards
+    adapter: AudioAdapter | None = None  # an audio prompt's adapter: its gated cross-attention runs in every block
 
 
 class DiTEngine:
     """Inference of a :class:`~etta_engine.models.dit.DiT` with the per-generation work hoisted (module doc).
 
     ``ops``: the implementation of etta_engine.ops used in the step (default: the DiT's ``cfg.ops``).
+    ``cuda_graph``: True captures the step in a CUDA graph for CUDA tensors (CPU tensors run as without);
+    "eager" runs the step on the same static buffers and cache but eagerly, on any device (to tell a capture
+    problem from a buffer problem, and to test the buffer logic on a CPU); False runs the plain step.
+    ``fp16_guards``: for an fp16 DiT, the overflow guards of the module doc (False: every op in fp16, as a naive
+    fp16 model; for comparison only).
     """
 
-    def __init__(self, dit: DiT, *, ops: str | None = None) -> None:
+    def __init__(
+        self, dit: DiT, *, ops: str | None = None, cuda_graph: bool | str = True, fp16_guards: bool = True
+    ) -> None:
         if not isinstance(dit, DiT):
             raise TypeError(f"dit must be a DiT, got {type(dit).__name__}")
+        if not (cuda_graph is True or cuda_graph is False or cuda_graph == "eager"):
+            raise ValueError(f"cuda_graph={cuda_graph!r} is not one of {CUDA_GRAPH_MODES}")
         self.dit = dit
         self.ops = dit.cfg.ops if ops is None else ops
+        self.cuda_graph = cuda_graph
+        self.fp16_guards = bool(fp16_guards)
+        self.graphs: OrderedDict[tuple, StaticStep] = OrderedDict()
+        self.streams: dict[torch.device, torch.cuda.Stream] = {}
+
+    @property
+    def guarded(self) -> bool:
+        """Whether the step runs the fp16 path with overflow guards."""
+        return self.fp16_guards and self.dit.dtype == torch.float16
 
     @torch.no_grad()
-    def prepare(self, cond: DiTConditioning, times: Sequence[float]) -> PreparedDiT:
+    def prepare(self, cond: DiTConditioning, times: Sequence[float], audio: AudioPrompt | None = None) -> PreparedDiT:
         """The velocity function of one generation whose calls happen at ``times`` (see :func:`evaluation_times`).
 
         ``cond``: the conditioning of every row of the batch the solver evaluates (cond and uncond halves
-        concatenated for CFG). One host sync happens here (finding the zero-memory rows), none in the steps.
+        concatenated for CFG). ``audio``: an audio prompt for the same rows, whose tokens' K/V are computed here,
+        once. One host sync happens here (finding the zero-memory rows), none in the steps.
         """
         dit, cfg = self.dit, self.dit.cfg
         context, mask, global_cond = cond
@@ -83,23 +189,203 @@ class DiTEngine:
         if any(not 0.0 <= t <= 1.0 for t in times):
             raise ValueError(f"times must lie in [0, 1], got {times}")
         t = torch.tensor(times, device=context.device)
-        N = len(times)
+        N, D = len(times), cfg.width
+        guarded = self.guarded
+        run = _fp32_call if guarded else (lambda module, *args: module(*args))
 
-        c = dit.time_embed(t)[:, None, :] + dit.global_embed(global_cond)[None, :, :]  # (N, B, D)
-        c_act = F.silu(c).reshape(N * B, cfg.width)
-        modulation = [block.adaln(c_act).view(N, B, 9 * cfg.width) for block in dit.blocks]  # depth x (N, B, 9D)
-        final = dit.final.adaln(c_act).view(N, B, 2 * cfg.width)
+        c = run(dit.time_embed, t)[:, None, :] + run(dit.global_embed, global_cond)[None, :, :]  # (N, B, D)
+        c_act = F.silu(c).reshape(N * B, D)
+        modulation = c_act.new_empty(N, cfg.depth, B, 9 * D)
+        for i, block in enumerate(dit.blocks):
+            modulation[:, i] = run(block.adaln, c_act).view(N, B, 9 * D)
+        final = run(dit.final.adaln, c_act).view(N, B, 2 * D)
 
-        memory = dit.cond_embed(context)  # (B, L, Dc)
+        memory = run(dit.cond_embed, context)  # (B, L, Dc)
         # Rows with an all-zero memory get exactly zero cross-attention (no biases anywhere on that path).
-        active = (memory != 0).flatten(1).any(dim=1).tolist()  # the one host sync
-        rows = [i for i, a in enumerate(active) if a]
+        rows = [i for i, a in enumerate((memory != 0).flatten(1).any(dim=1).tolist()) if a]  # the one host sync
         index = torch.tensor(rows, device=context.device, dtype=torch.long)
-        kv = []
-        for block in dit.blocks:
-            m = block.memory_norm(memory[index])
-            kv.append(block.cross_attn.kv(m).view(len(rows), L, 2, cfg.cross_heads, cfg.cross_head_dim))
-        return PreparedDiT(self, times, modulation, final, kv, mask[index], rows, B)
+        n = len(rows)
+        kv = torch.empty(cfg.depth, n, L, 2, cfg.cross_heads, cfg.cross_head_dim, dtype=dit.dtype, device=t.device)
+        for i, block in enumerate(dit.blocks):
+            m = run(block.memory_norm, memory[index])
+            kv_i = run(block.cross_attn.kv, m).view(n, L, 2, cfg.cross_heads, cfg.cross_head_dim)
+            kv[i] = saturate_fp16(kv_i) if guarded else kv_i
+        bounds = None
+        if guarded:
+            layers = [block.get_submodule(name) for block in dit.blocks for name in GUARDED_LAYERS]
+            # One read of the step's weights per generation (cheap next to the steps; no state to go stale).
+            bounds = torch.stack([row_l1_bound(layer.weight) for layer in layers])  # (6 depth,)
+        audio_kv = audio_scale = adapter = None
+        if audio is not None:
+            adapter = audio.adapter
+            adapter.cfg.check_dit(cfg)
+            if audio.tokens.shape[0] != B:
+                raise ValueError(f"the audio prompt has {audio.tokens.shape[0]} rows for a batch of {B}")
+            audio_kv = torch.stack(
+                [run(layer.kv, audio.tokens).view(B, -1, 2, layer.heads, layer.head_dim) for layer in adapter.layers]
+            )  # (depth, B, N, 2, Hc, Dc)
+            audio_scale = torch.tensor(audio.scale, dtype=torch.float32, device=t.device)  # a buffer, not a constant
+        plan = StepPlan(tuple(rows), rows == list(range(n)), B, guarded, adapter)
+        shared = (kv, mask[index], index, bounds, audio_kv, audio_scale)
+        return PreparedDiT(self, times, plan, modulation, final, shared)
+
+    # ------------------------------------------------------------------ the step
+
+    def step(
+        self, plan: StepPlan, x, modulation, final, kv, kv_mask, index, bounds, audio_kv=None, audio_scale=None
+    ) -> torch.Tensor:
+        """The DiT's velocity x (B, C, T) -> (B, C, T) given one call's adaLN outputs ``modulation``
+        (depth, B, 9 D) and ``final`` (B, 2 D), and the generation's K/V (depth, n, L, 2, Hc, Dc), key mask
+        (n, L), attending-row index (n,), fp16 bounds (6 depth,) or None, and the audio prompt's K/V
+        (depth, B, N, 2, Hc, Dc) and scale (0-d) or None. Tensors in, tensor out, no host syncs: this is what a
+        CUDA graph captures."""
+        dit, impl = self.dit, self.ops
+        if plan.guarded:
+            linear = lambda layer, a, j: guarded_linear(a, layer.weight, bounds[j])
+            narrow = saturate_fp16
+            h = x.float().transpose(1, 2)  # (B, T, C)
+            h = _linear_fp32(dit.project_in, _linear_fp32(dit.preprocess, h) + h)  # (B, T, D) fp32
+        else:
+            linear = lambda layer, a, j: layer(a)
+            narrow = lambda a: a
+            h = x.transpose(1, 2)  # (B, T, C)
+            h = dit.project_in(dit.preprocess(h) + h)  # (B, T, D)
+        B, T, _ = h.shape
+        for i, block in enumerate(dit.blocks):
+            j = len(GUARDED_LAYERS) * i
+            shift_sa, scale_sa, gate_sa, shift_ca, scale_ca, gate_ca, shift_ff, scale_ff, gate_ff = modulation[i].chunk(
+                9, dim=1
+            )
+            sa = block.self_attn
+            a = ops.adaln_modulate(h, shift_sa, scale_sa, None, 1e-6, impl=impl)
+            qkv = narrow(linear(sa.qkv, a, j)).view(B, T, 3, sa.heads, sa.head_dim)  # (B, T, 3, H, Dh)
+            o = ops.attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], rope_base=sa.rope_base, impl=impl)
+            h = ops.gated_residual(h, gate_sa, linear(sa.out, o.reshape(B, T, -1), j + 1), impl=impl)
+            if plan.rows:
+                ca = block.cross_attn
+                pick = (lambda v: v[: len(plan.rows)]) if plan.prefix else (lambda v: v.index_select(0, index))
+                hr = pick(h)  # (n, T, D)
+                a = ops.adaln_modulate(hr, pick(shift_ca), pick(scale_ca), None, 1e-6, impl=impl)
+                q = narrow(linear(ca.q, a, j + 2)).view(len(plan.rows), T, ca.heads, ca.head_dim)  # (n, T, Hc, Dc)
+                o = ops.attention(q, kv[i, :, :, 0], kv[i, :, :, 1], kv_mask, impl=impl)
+                hr = ops.gated_residual(hr, pick(gate_ca), linear(ca.out, o.reshape(hr.shape[0], T, -1), j + 3),
+                                        impl=impl)  # fmt: skip
+                if len(plan.rows) == plan.batch:
+                    h = hr
+                elif plan.prefix:
+                    h = torch.cat((hr, h[len(plan.rows) :]))
+                else:
+                    h = h.index_copy(0, index, hr)
+            if plan.adapter is not None:
+                layer = plan.adapter.layers[i]
+                if plan.guarded:  # the residual stream is fp32: so is the adapter's path
+                    params = {name: p.float() for name, p in layer.named_parameters()}
+                    h = functional_call(layer, params, (h,), {"kv": audio_kv[i], "scale": audio_scale, "impl": impl})
+                else:
+                    h = layer.attend(h, audio_kv[i], audio_scale, impl)
+            ff_weight = block.ff_norm.weight.to(h.dtype)
+            a = ops.adaln_modulate(h, shift_ff, scale_ff, ff_weight, block.ff_norm.eps, impl=impl)
+            u = ops.gelu_tanh(linear(block.ff.up, a, j + 4), impl=impl)
+            h = ops.gated_residual(h, gate_ff, linear(block.ff.down, u, j + 5), impl=impl)
+        shift, scale = final.chunk(2, dim=1)
+        a = ops.adaln_modulate(h, shift, scale, None, 1e-6, impl=impl)
+        if plan.guarded:
+            out = _linear_fp32(dit.final.linear, a)  # (B, T, C) fp32
+            out = _linear_fp32(dit.postprocess, out) + out
+            out = out.transpose(1, 2)  # (B, C, T)
+            return saturate_fp16(out) if x.dtype == torch.float16 else out.to(x.dtype)
+        out = dit.final.linear(a)  # (B, T, C)
+        return (dit.postprocess(out) + out).transpose(1, 2)  # (B, C, T)
+
+    # ------------------------------------------------------------------ static buffers and CUDA graphs
+
+    def static_step(self, prepared: PreparedDiT, call: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+        """One call through the cached :class:`StaticStep` of its shape, or None where the caller runs the plain
+        step (no static buffers here). The first call of a shape without a cached graph runs eagerly on the capture
+        stream: it warms up what must not happen during capture (cuBLAS handles and workspaces, which are per
+        stream, Triton compilation and autotuning)."""
+        x = call[0]
+        if self.cuda_graph is False or (self.cuda_graph is True and not x.is_cuda):
+            return None
+        capture = self.cuda_graph is True
+        shared = prepared.shared
+        # The weights' addresses are part of the key: a graph reads them where they were at capture.
+        key = (prepared.plan, tuple(x.shape), x.dtype, str(x.device), self.ops, prepared.weights_key,
+               tuple(None if t is None else tuple(t.shape) for t in shared))  # fmt: skip
+        step = self.graphs.get(key)
+        if step is None:
+            if not prepared.warmed:
+                prepared.warmed = True
+                if not capture:
+                    return None
+                stream, current = self._capture_stream(x.device), torch.cuda.current_stream(x.device)
+                stream.wait_stream(current)
+                with torch.cuda.stream(stream):
+                    out = self.step(prepared.plan, *call, *shared)
+                current.wait_stream(stream)
+                out.record_stream(current)  # allocated on the side stream, read on this one
+                return out
+            stream = self._capture_stream(x.device) if capture else None
+            step = StaticStep(partial(self.step, prepared.plan), call, shared, capture=capture, stream=stream)
+            self.graphs[key] = step
+            while len(self.graphs) > GRAPH_CACHE_SIZE:
+                self.graphs.popitem(last=False)
+        self.graphs.move_to_end(key)
+        return step(call, shared, owner=prepared)
+
+    def _capture_stream(self, device: torch.device) -> torch.cuda.Stream:
+        """The side stream on which this engine warms up and captures its graphs on ``device``."""
+        if device not in self.streams:
+            self.streams[device] = torch.cuda.Stream(device)
+        return self.streams[device]
+
+
+class StaticStep:
+    """A step function run on buffers it owns, so that a CUDA graph can replay it.
+
+    Each call copies its inputs into the buffers: the per-call ones (``call``: x and the call's adaLN outputs)
+    every time, the per-generation ones (``shared``: K/V, masks) when the generation using it changes. The
+    output is returned as a copy (solvers keep earlier velocities; the buffer is overwritten by the next call).
+    With ``capture`` (CUDA tensors, warmed up by an eager run on ``stream``) the function is recorded once in a
+    ``torch.cuda.CUDAGraph`` and each call replays it on the current stream; without, it runs eagerly on the
+    same buffers.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., torch.Tensor],
+        call: Sequence[torch.Tensor],
+        shared: Sequence[torch.Tensor | None],
+        *,
+        capture: bool,
+        stream: torch.cuda.Stream | None = None,
+    ) -> None:
+        self.fn = fn
+        self.call = [t.clone() for t in call]
+        self.shared = [None if t is None else t.clone() for t in shared]
+        self.owner: weakref.ref | None = None  # the generation whose per-generation inputs the buffers hold
+        self.graph = None
+        self.output = None
+        if capture:
+            self.graph = torch.cuda.CUDAGraph()
+            # Capture records the kernels without running them (the output buffer is written by replays), on
+            # ``stream``: the stream of the warm-up run, whose cuBLAS handles and workspaces it reuses.
+            with torch.cuda.graph(self.graph, stream=stream):
+                self.output = fn(*self.call, *self.shared)
+
+    def __call__(self, call, shared, owner) -> torch.Tensor:
+        if self.owner is None or self.owner() is not owner:
+            for buffer, t in zip(self.shared, shared, strict=True):
+                if buffer is not None:
+                    buffer.copy_(t)
+            self.owner = weakref.ref(owner)
+        for buffer, t in zip(self.call, call, strict=True):
+            buffer.copy_(t)
+        if self.graph is None:
+            self.output = self.fn(*self.call, *self.shared)
+        else:
+            self.graph.replay()
+        return self.output.clone()
 
 
 class PreparedDiT:
@@ -110,19 +396,24 @@ class PreparedDiT:
     another run with the same conditioning and schedule (e.g. another seed).
     """
 
-    def __init__(self, engine, times, modulation, final, kv, kv_mask, rows, batch) -> None:
-        self.engine, self.times = engine, times
-        self.modulation, self.final, self.kv, self.kv_mask = modulation, final, kv, kv_mask
-        self.rows, self.batch = rows, batch
-        # The attending rows as a prefix (the CFG layout: cond first, zero-memory uncond after) take slices.
-        self.prefix = rows == list(range(len(rows)))
-        self.index = kv_mask.new_tensor(rows, dtype=torch.long) if rows else None
+    def __init__(self, engine: DiTEngine, times, plan: StepPlan, modulation, final, shared) -> None:
+        self.engine, self.times, self.plan = engine, times, plan
+        self.modulation, self.final = modulation, final  # (N, depth, B, 9 D), (N, B, 2 D)
+        self.shared = shared  # (kv, kv_mask, index, bounds): the step's per-generation inputs
+        modules = (engine.dit,) if plan.adapter is None else (engine.dit, plan.adapter)
+        self.weights_key = tuple(p.data_ptr() for m in modules for p in m.parameters())
+        self.warmed = False
         self.calls = 0
+
+    @property
+    def rows(self) -> list[int]:
+        """Batch rows that attend to a prompt (the others have a zero memory)."""
+        return list(self.plan.rows)
 
     @property
     def skipped_rows(self) -> int:
         """Rows whose cross-attention is skipped (zero memory)."""
-        return self.batch - len(self.rows)
+        return self.plan.batch - len(self.plan.rows)
 
     def reset(self) -> None:
         self.calls = 0
@@ -135,42 +426,13 @@ class PreparedDiT:
                 f"the prepared DiT was called {k + 1} times but prepared for {len(self.times)} calls; "
                 "prepare it with the solver's evaluation_times (or reset() it for a new run)"
             )
-        if x.ndim != 3 or x.shape[0] != self.batch:
-            raise ValueError(f"x must have shape ({self.batch}, C, T) as prepared, got {tuple(x.shape)}")
+        if x.ndim != 3 or x.shape[0] != self.plan.batch:
+            raise ValueError(f"x must have shape ({self.plan.batch}, C, T) as prepared, got {tuple(x.shape)}")
         self.calls += 1
         return self.velocity(x, k)
 
     def velocity(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """The DiT's velocity at call ``k`` (times[k]), x (B, C, T) -> (B, C, T)."""
-        dit, impl = self.engine.dit, self.engine.ops
-        h = x.transpose(1, 2)  # (B, T, C)
-        h = dit.project_in(dit.preprocess(h) + h)  # (B, T, D)
-        for block, modulation, kv in zip(dit.blocks, self.modulation, self.kv, strict=True):
-            shift_sa, scale_sa, gate_sa, shift_ca, scale_ca, gate_ca, shift_ff, scale_ff, gate_ff = modulation[k].chunk(
-                9, dim=1
-            )
-            a = ops.adaln_modulate(h, shift_sa, scale_sa, None, 1e-6, impl=impl)
-            h = ops.gated_residual(h, gate_sa, block.self_attn(a), impl=impl)
-            if self.rows:
-                h = self._cross_attention(block, h, kv, shift_ca, scale_ca, gate_ca, impl)
-            a = ops.adaln_modulate(h, shift_ff, scale_ff, block.ff_norm.weight, block.ff_norm.eps, impl=impl)
-            h = ops.gated_residual(h, gate_ff, block.ff(a), impl=impl)
-        shift, scale = self.final[k].chunk(2, dim=1)
-        out = dit.final.linear(ops.adaln_modulate(h, shift, scale, None, 1e-6, impl=impl))  # (B, T, C)
-        return (dit.postprocess(out) + out).transpose(1, 2)  # (B, C, T)
-
-    def _cross_attention(self, block, h, kv, shift, scale, gate, impl) -> torch.Tensor:
-        """The gated cross-attention residual of the attending rows; the other rows pass through unchanged."""
-        n = len(self.rows)
-        pick = (lambda t: t[:n]) if self.prefix else (lambda t: t.index_select(0, self.index))
-        hr = pick(h)  # (Br, T, D)
-        a = ops.adaln_modulate(hr, pick(shift), pick(scale), None, 1e-6, impl=impl)
-        attn = block.cross_attn
-        q = attn.q(a).view(n, a.shape[1], attn.heads, attn.head_dim)  # (Br, T, Hc, Dc)
-        o = ops.attention(q, kv[:, :, 0], kv[:, :, 1], self.kv_mask, impl=impl)
-        hr = ops.gated_residual(hr, pick(gate), attn.out(o.reshape(n, a.shape[1], -1)), impl=impl)
-        if n == self.batch:
-            return hr
-        if self.prefix:
-            return torch.cat((hr, h[n:]))
-        return h.index_copy(0, self.index, hr)
+        call = (x, self.modulation[k], self.final[k])
+        out = self.engine.static_step(self, call)
+        return self.engine.step(self.plan, *call, *self.shared) if out is None else out

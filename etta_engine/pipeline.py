@@ -1,11 +1,14 @@
 """Text to waveform: the object most users touch.
 
-    pipe = Pipeline.from_pretrained("tiny")           # a preset name, a shipped trained model or a checkpoint path
+    pipe = Pipeline.from_pretrained()                 # the shipped demo model; or a preset name or a checkpoint path
     audio = pipe.generate(["a low beep followed by white noise"], nfe=100, cfg_scale=3.5, seed=0)
     audio.save("beep.wav")
 
-Besides text-to-audio, ``generate`` makes variations of an input clip (``init_audio`` + ``strength``)
-and continues or inpaints one (``keep``: the regions of the input to keep; the rest is generated).
+Besides text-to-audio, ``generate`` makes variations of an input clip (``init_audio`` + ``strength``: the cheap
+way), continues or inpaints one (``keep``: the regions of the input to keep; the rest is generated) and follows an
+audio prompt (``audio_prompt``: a clip or its embedding, with an adapter loaded by :meth:`Pipeline.load_adapter`).
+:meth:`Pipeline.edit` edits a clip by ODE inversion: its latents are run back to noise under one prompt and
+sampled forward under another.
 """
 
 from __future__ import annotations
@@ -20,13 +23,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from etta_engine.checkpoint import atomic_write, is_pretrained, load_model
+from etta_engine.audio_prompt import EmbeddingProvider, get_provider
+from etta_engine.checkpoint import PRETRAINED, atomic_write, is_pretrained, load_model
 from etta_engine.config import PRESETS
-from etta_engine.data import resample
+from etta_engine.data import load_audio, resample
 from etta_engine.engine import ADAPTIVE_SOLVERS, DiTEngine, evaluation_times
+from etta_engine.models.adapter import AudioAdapter, check_embedding
 from etta_engine.models.conditioning import DiTConditioning
 from etta_engine.models.model import ETTAModel
-from etta_engine.sampling import VelocityFn, autoguidance, cfg, inpaint, sample, steps_for
+from etta_engine.sampling import (
+    INVERTIBLE_SOLVERS,
+    VelocityFn,
+    autoguidance,
+    cfg,
+    inpaint,
+    invert,
+    sample,
+    steps_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +79,9 @@ class Pipeline:
     # Run the DiT through etta_engine.engine (hoisted adaLN, prompt K/V, skipped uncond cross-attention) for the
     # fixed-step solvers; False runs the plain model at every call (the reference path).
     use_engine: bool = True
+    # On a CUDA device, replay each engine step from a CUDA graph (captured once per shape and kept by the
+    # pipeline's engines across generations); False launches the step's kernels one by one.
+    cuda_graphs: bool = True
 
     def __init__(
         self, model: ETTAModel, *, device: str | torch.device | None = None, bad_model: ETTAModel | None = None
@@ -76,20 +93,84 @@ class Pipeline:
         self.model = model.to(self.device).eval()
         self.bad_model = None if bad_model is None else bad_model.to(self.device).eval()
         self.cfg = model.cfg
+        self._engines: dict[int, DiTEngine] = {}  # id(dit) -> its engine, which keeps the captured CUDA graphs
+        self.adapter: AudioAdapter | None = None
+        self.audio_provider: EmbeddingProvider | None = None
 
     @classmethod
     def from_pretrained(
         cls,
-        name_or_path: str | os.PathLike = "tiny",
+        name_or_path: str | os.PathLike = "demo",
         *,
         device: str | torch.device | None = None,
         text_encoder_path: str | os.PathLike | None = None,
     ) -> Pipeline:
-        """A shipped trained model (``"demo"``, offline, once its weights ship), a preset name (random weights, seed 0)
-        or a checkpoint file (ours or an official ETTA one)."""
+        """A shipped trained model (``"demo"``, the default; loads offline), a preset name (random weights,
+        seed 0) or a checkpoint file (ours or an official ETTA one)."""
         if isinstance(name_or_path, str) and name_or_path in PRESETS and not is_pretrained(name_or_path):
             log.warning("preset %r has random weights: the output is noise-like, not a trained model's", name_or_path)
         return cls(load_model(name_or_path, text_encoder_path), device=device)
+
+    @classmethod
+    def from_adapter(
+        cls, path: str | os.PathLike, *, device: str | torch.device | None = None, **provider_options
+    ) -> Pipeline:
+        """The base model an adapter checkpoint names (checked against the sha256 it recorded), with the adapter."""
+        from etta_engine.checkpoint import file_sha256, read_safetensors
+
+        _, meta = read_safetensors(path)
+        base, sha = meta.get("base"), meta.get("base_sha256", "")
+        if not base:
+            raise ValueError(f"{path} names no base model; build the Pipeline yourself and call load_adapter")
+        pipe = cls.from_pretrained(base, device=device)
+        source = PRETRAINED[base] if is_pretrained(base) else Path(base)
+        if sha and source.is_file() and file_sha256(source) != sha:
+            raise ValueError(f"{path} was trained on a base model {base} whose file has changed since (sha256 differs)")
+        pipe.load_adapter(path, **provider_options)
+        return pipe
+
+    def load_adapter(
+        self, path: str | os.PathLike, *, provider: EmbeddingProvider | None = None, **provider_options
+    ) -> AudioAdapter:
+        """Load an audio-prompt adapter for this pipeline's model (its LoRA, if any, is folded into the DiT's
+        weights). ``provider``: the audio embedding provider (default: the one the adapter was trained with,
+        built with ``provider_options``, e.g. ``checkpoint=`` for CLAP)."""
+        from etta_engine.checkpoint import load_adapter
+
+        if self.adapter is not None:
+            raise RuntimeError("this pipeline already has an adapter; build a new Pipeline for another one")
+        adapter, _ = load_adapter(path)
+        adapter.cfg.check_dit(self.cfg.dit)
+        provider = provider or get_provider(adapter.cfg.provider, self.model, **provider_options)
+        if provider.dim != adapter.cfg.embed_dim:
+            raise ValueError(
+                f"the provider gives {provider.dim}-d embeddings; the adapter takes {adapter.cfg.embed_dim}-d ones"
+            )
+        adapter = adapter.to(self.device, self.model.dit.dtype).eval()
+        adapter.fold_lora(self.model.dit)
+        self.adapter, self.audio_provider = adapter, provider
+        return adapter
+
+    def audio_embedding(self, audio_prompt, sample_rate: int | None = None) -> torch.Tensor:
+        """The embedding (B, dim) of an audio prompt: an embedding (dim,) or (B, dim) as is (a tensor of at most
+        4 dim values per row is taken for one), or a clip (an
+        :class:`Audio`, a file path, or a waveform (samples,), (channels, samples), (B, channels, samples) at
+        ``sample_rate``, default the model's) through the provider."""
+        if self.adapter is None:
+            raise RuntimeError("audio prompts need an adapter: call pipe.load_adapter(path) first")
+        dim = self.adapter.cfg.embed_dim
+        if isinstance(audio_prompt, Audio):
+            audio_prompt, sample_rate = audio_prompt.waveform, audio_prompt.sample_rate
+        elif isinstance(audio_prompt, (str, os.PathLike)):
+            channels = self.cfg.vae.audio_channels
+            audio_prompt, sample_rate = load_audio(audio_prompt, self.cfg.sample_rate, channels), self.cfg.sample_rate
+        x = torch.as_tensor(audio_prompt)
+        # Rows of at most 4 dim values are embeddings: no provider accepts a clip that short.
+        if x.ndim <= 2 and x.shape[-1] <= 4 * dim:
+            embedding = x.reshape(1, -1) if x.ndim == 1 else x
+            check_embedding(embedding, dim)
+            return embedding.float()
+        return self.audio_provider.embed(x, self.cfg.sample_rate if sample_rate is None else sample_rate)
 
     def latent_frames(self, seconds: float) -> int:
         """Latent frames for a clip of ``seconds`` (10 s at 44.1 kHz -> 215, as in ETTA)."""
@@ -114,6 +195,9 @@ class Pipeline:
         strength: float = 1.0,
         keep: Sequence[tuple[float, float]] | None = None,
         autoguidance_scale: float | None = None,
+        audio_prompt=None,
+        audio_prompt_sample_rate: int | None = None,
+        audio_prompt_scale: float = 1.0,
         decode_chunk_frames: int | None = 512,
         truncate: bool = False,
         progress: bool = True,
@@ -128,6 +212,9 @@ class Pipeline:
         strength: start the ODE at t = strength from the noised input (1: from pure noise).
         keep: [(start_s, end_s), ...] regions of the input kept as they are (continuation, inpainting).
         autoguidance_scale: guide the model with the pipeline's ``bad_model`` (each runs its own CFG).
+        audio_prompt: a clip or an embedding (see :meth:`audio_embedding`), one for all prompts or one per
+        prompt; ``audio_prompt_scale`` weighs it (0: the text-only model; the uncond half of CFG gets the null
+        audio tokens).
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
@@ -146,6 +233,7 @@ class Pipeline:
         seeds = [seed + i for i in range(B)] if isinstance(seed, int) else list(seed)
         if len(seeds) != B:
             raise ValueError(f"got {len(seeds)} seeds for {B} prompts")
+        audio = self._audio_prompt(audio_prompt, audio_prompt_sample_rate, audio_prompt_scale, B)
 
         T = self.latent_frames(seconds)
         # The engine hoists the per-generation work out of the loop; it needs the call times up front.
@@ -154,7 +242,7 @@ class Pipeline:
             times = evaluation_times(solver, nfe, schedule, strength)
         guide = dict(scale=cfg_scale, rescale=cfg_rescale, interval=cfg_interval, times=times)
         args = (prompts, seconds, negative_prompt, truncate)
-        velocity = self._guided_velocity(self.model, *args, **guide)
+        velocity = self._guided_velocity(self.model, *args, **guide, audio=audio)
         if autoguidance_scale is not None:
             velocity = autoguidance(velocity, self._guided_velocity(self.bad_model, *args, **guide), autoguidance_scale)
 
@@ -188,7 +276,93 @@ class Pipeline:
         n_samples = min(waveform.shape[-1], round(seconds * self.cfg.sample_rate))
         return Audio(waveform[..., :n_samples].cpu(), self.cfg.sample_rate)
 
+    @torch.no_grad()
+    def edit(self, audio, prompt: str, *, sample_rate: int | None = None, **options) -> Audio:
+        """Edit a clip by ODE inversion: its latents run from t = 0 to t = ``strength`` under ``source_prompt``
+        (default: ``prompt``; with CFG ``inversion_cfg_scale``), then back to t = 0 under ``prompt``.
+
+        audio: one clip (an :class:`Audio`, (samples,) or (channels, samples) at ``sample_rate``, default the
+        model's). ``options``: those of :meth:`edit_latents` (``strength``: how far towards noise the inversion
+        goes; 1: all the way, lower keeps more of the input). With ``prompt == source_prompt`` and CFG 1 both ways
+        the output reconstructs the input, up to the solver's error (which falls with ``nfe``) and the VAE's.
+        """
+        if isinstance(audio, Audio):
+            audio, sample_rate = audio.waveform, audio.sample_rate
+        x = torch.as_tensor(audio, dtype=torch.float32)
+        if x.ndim == 3 and x.shape[0] == 1:
+            x = x[0]
+        if x.ndim not in (1, 2):
+            raise ValueError(f"edit takes one clip, (samples,) or (channels, samples); got shape {tuple(x.shape)}")
+        rate = self.cfg.sample_rate if sample_rate is None else int(sample_rate)
+        seconds = min(x.shape[-1] / rate, self.cfg.max_seconds)
+        ratio = self.cfg.vae.downsampling_ratio
+        if round(seconds * self.cfg.sample_rate) < ratio:
+            raise ValueError(f"the clip is {seconds:.4f} s long; at least one latent frame ({ratio} samples) is needed")
+        T = self.latent_frames(seconds)
+        clip = self._prepare_init_audio(x, rate, 1, T * ratio)
+        x0 = self.model.vae.encode(clip.to(self.model.vae.dtype))[0].to(self.model.dit.dtype)  # (1, C, T)
+        x_edit = self.edit_latents(x0, prompt, seconds, **options)
+        waveform = self.model.vae.decode(x_edit.to(self.model.vae.dtype)).float()
+        return Audio(waveform[..., : round(seconds * self.cfg.sample_rate)].cpu(), self.cfg.sample_rate)
+
+    @torch.no_grad()
+    def edit_latents(
+        self,
+        x0: torch.Tensor,
+        prompt: str,
+        seconds: float,
+        *,
+        source_prompt: str | None = None,
+        strength: float = 1.0,
+        nfe: int = 50,
+        solver: str = "euler",
+        schedule: str = "uniform",
+        cfg_scale: float = 3.5,
+        inversion_cfg_scale: float = 1.0,
+        truncate: bool = False,
+        progress: bool = True,
+        return_noise: bool = False,
+    ):
+        """:meth:`edit` on latents ``x0`` (B, C, T) of a clip of ``seconds``: the edited latents (and, with
+        ``return_noise``, the inverted ones at t = ``strength`` too)."""
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength={strength} is outside (0, 1]")
+        if not (cfg_scale >= 0 and inversion_cfg_scale >= 0):
+            raise ValueError(f"cfg_scale={cfg_scale} and inversion_cfg_scale={inversion_cfg_scale} must be >= 0")
+        if solver not in INVERTIBLE_SOLVERS:
+            raise ValueError(f"solver {solver!r} cannot run the inversion; choices: {list(INVERTIBLE_SOLVERS)}")
+        steps = steps_for(solver, nfe)
+        seconds = self._check_seconds(seconds)
+        B = x0.shape[0]
+
+        def velocity(text: str, scale: float, inverse: bool) -> VelocityFn:
+            times = None
+            if self.use_engine and solver not in ADAPTIVE_SOLVERS:
+                times = evaluation_times(solver, nfe, schedule, strength, inverse=inverse)
+            return self._guided_velocity(
+                self.model, [text] * B, seconds, None, truncate, scale=scale, rescale=0.0, interval=None, times=times
+            )
+
+        source = prompt if source_prompt is None else source_prompt
+        with _progress(2 * (steps or 0), progress, "editing") as bar:
+            step = dict(solver=solver, nfe=nfe, schedule=schedule, callback=lambda i, _: bar.update())
+            noise = invert(velocity(source, inversion_cfg_scale, True), x0, t_end=strength, **step).x
+            x_edit = sample(velocity(prompt, cfg_scale, False), noise, t_start=strength, **step).x
+        return (x_edit, noise) if return_noise else x_edit
+
     # ------------------------------------------------------------------ pieces of generate
+
+    def _audio_prompt(self, audio_prompt, sample_rate, scale, B: int):
+        """(tokens (B, N, Dc) of the prompt rows, scale) or None."""
+        if audio_prompt is None:
+            return None
+        if not math.isfinite(scale) or scale < 0:
+            raise ValueError(f"audio_prompt_scale={scale} must be a finite number >= 0")
+        embedding = self.audio_embedding(audio_prompt, sample_rate)
+        if embedding.shape[0] not in (1, B):
+            raise ValueError(f"got {embedding.shape[0]} audio prompts for {B} prompts; give 1 or {B}")
+        embedding = embedding.expand(B, -1).to(self.device, self.adapter.null_tokens.dtype)
+        return self.adapter.tokens(embedding), float(scale)
 
     def _check_seconds(self, seconds) -> float:
         if seconds is None:
@@ -201,21 +375,44 @@ class Pipeline:
             raise ValueError(f"seconds={seconds} is outside (0, {self.cfg.max_seconds:g}] (the model's limit)")
         return value
 
+    def _engine(self, dit) -> DiTEngine:
+        """The engine of ``dit``, kept between generations so that its captured CUDA graphs are reused."""
+        engine = self._engines.get(id(dit))
+        if engine is None or engine.dit is not dit or engine.cuda_graph != self.cuda_graphs:
+            engine = self._engines[id(dit)] = DiTEngine(dit, cuda_graph=self.cuda_graphs)
+        return engine
+
     def _guided_velocity(
-        self, model: ETTAModel, prompts, seconds, negative_prompt, truncate, *, scale, rescale, interval, times=None
+        self,
+        model: ETTAModel,
+        prompts,
+        seconds,
+        negative_prompt,
+        truncate,
+        *,
+        scale,
+        rescale,
+        interval,
+        times=None,
+        audio=None,
     ) -> VelocityFn:
         """``model``'s velocity with classifier-free guidance, cond and uncond batched in one forward; prepared
-        by the engine for calls at ``times`` (None: the plain model per call)."""
+        by the engine for calls at ``times`` (None: the plain model per call). ``audio``: (tokens, scale) of an
+        audio prompt; the uncond rows get the adapter's null tokens."""
         dit = model.dit
         dtype = dit.dtype
 
-        def velocity(c: DiTConditioning) -> VelocityFn:
-            return (lambda x, t: dit(x, t, *c)) if times is None else DiTEngine(dit).prepare(c, times)
+        def velocity(c: DiTConditioning, tokens: torch.Tensor | None) -> VelocityFn:
+            prompt = None if tokens is None else self.adapter.prompt(tokens, audio[1])
+            if times is None:
+                return lambda x, t: dit(x, t, *c, audio=prompt)
+            return self._engine(dit).prepare(c, times, audio=prompt)
 
+        tokens = None if audio is None else audio[0]
         cond = model.condition(prompts, 0.0, seconds, truncate=truncate)
         cond = DiTConditioning(cond.context.to(dtype), cond.context_mask, cond.global_cond.to(dtype))
         if scale == 1.0 and interval is None:
-            return velocity(cond)
+            return velocity(cond, tokens)
         if negative_prompt is None:
             # The official null conditioning: a zero memory with the same mask; timestep and seconds kept.
             uncond = DiTConditioning(torch.zeros_like(cond.context), cond.context_mask, cond.global_cond)
@@ -223,7 +420,9 @@ class Pipeline:
             neg = model.condition([negative_prompt] * len(prompts), 0.0, seconds, truncate=truncate)
             uncond = DiTConditioning(neg.context.to(dtype), neg.context_mask, cond.global_cond)
         both = DiTConditioning(*(torch.cat(pair) for pair in zip(cond, uncond, strict=True)))
-        return cfg(velocity(both), scale, rescale=rescale, interval=interval)
+        if tokens is not None:
+            tokens = torch.cat((tokens, self.adapter.tokens(None, len(prompts)).to(tokens.dtype)))
+        return cfg(velocity(both, tokens), scale, rescale=rescale, interval=interval)
 
     def _prepare_init_audio(self, audio, sample_rate: int | None, B: int, n_samples: int) -> torch.Tensor:
         """``audio`` as (B, C, n_samples) float32 at the model's rate and channel count C (resampled, padded)."""

@@ -292,14 +292,45 @@ def sample(
     ``schedule`` names a grid in SCHEDULES (scaled by ``t_start`` when it is below 1, for variations);
     ``options`` go to the schedule (e.g. ``shift``) or, for ``dopri5``, to the solver (``rtol``, ``atol``).
     """
+    return _integrate(velocity_fn, noise, solver, nfe, schedule, t_start, callback, options, reverse=False)
+
+
+# Solvers that integrate in either direction of time (DPM-Solver++ is written for t decreasing to 0).
+INVERTIBLE_SOLVERS = ("euler", "heun", "midpoint", "rk4", "dopri5")
+
+
+def invert(
+    velocity_fn: VelocityFn,
+    x0: torch.Tensor,
+    *,
+    solver: str = "euler",
+    nfe: int = 100,
+    schedule: str = "uniform",
+    t_end: float = 1.0,
+    callback: StepCallback | None = None,
+    **options,
+) -> SampleResult:
+    """ODE inversion: integrate ``dx/dt = velocity_fn(x, t)`` from data ``x0`` at t = 0 up to ``t_end``, on the
+    grid of :func:`sample` with ``t_start=t_end`` run backwards, so that sampling from the result with the same
+    velocity retraces the path (up to the solvers' discretisation error, which shrinks as ``nfe`` grows).
+    """
+    if solver in SOLVERS and solver not in INVERTIBLE_SOLVERS:
+        raise ValueError(f"solver {solver!r} only integrates towards t = 0; for inversion use {INVERTIBLE_SOLVERS}")
+    return _integrate(velocity_fn, x0, solver, nfe, schedule, t_end, callback, options, reverse=True)
+
+
+def _integrate(velocity_fn, x, solver, nfe, schedule, t_far, callback, options, *, reverse) -> SampleResult:
+    """Run ``solver`` within ``nfe`` calls on the schedule's grid scaled to [0, t_far] (reversed: from 0 up)."""
     steps = steps_for(solver, nfe)
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choices: {sorted(SCHEDULES)}")
-    if not 0.0 < t_start <= 1.0:
-        raise ValueError(f"t_start={t_start} is outside (0, 1]")
-    dtype = torch.float64 if noise.dtype == torch.float64 else torch.float32
+    if not 0.0 < t_far <= 1.0:
+        raise ValueError(f"{'t_end' if reverse else 't_start'}={t_far} is outside (0, 1]")
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     solver_options = {k: options.pop(k) for k in ("rtol", "atol") if k in options}
-    ts = SCHEDULES[schedule](steps or 1, device=noise.device, dtype=dtype, **options) * t_start
+    ts = SCHEDULES[schedule](steps or 1, device=x.device, dtype=dtype, **options) * t_far
+    if reverse:
+        ts = ts.flip(0)
 
     calls = 0
 
@@ -309,12 +340,12 @@ def sample(
         return velocity_fn(x, t)
 
     if steps is None:
-        x = dopri5(counted, noise, ts, callback, max_nfe=nfe, **solver_options)
+        x = dopri5(counted, x, ts, callback, max_nfe=nfe, **solver_options)
         steps_taken = -1
     else:
         if solver_options:
             raise ValueError(f"options {sorted(solver_options)} only apply to the adaptive solver 'dopri5'")
-        x = SOLVERS[solver].fn(counted, noise, ts, callback)
+        x = SOLVERS[solver].fn(counted, x, ts, callback)
         steps_taken = steps
     if calls > nfe:  # a solver bug, never a user error
         raise AssertionError(f"{solver} made {calls} velocity calls over its budget of {nfe}")

@@ -1,6 +1,6 @@
 """Reproduce the shipped demo model (etta_engine/assets/demo.safetensors) end to end with the project's commands.
 
-    .venv/bin/python scripts/train_demo.py runs/demo                 # CPU: about 1.5 hours on one core
+    .venv/bin/python scripts/train_demo.py runs/demo                 # CPU: about 2 hours on one core
     .venv/bin/python scripts/train_demo.py runs/demo --device cuda   # a GPU: minutes
 
 Stages (each is skipped when its output already exists, so an interrupted run continues):
@@ -13,7 +13,16 @@ Stages (each is skipped when its output already exists, so an interrupted run co
           decoder can synthesise it exactly, so stage 2 learns tones with a floor of 3, where the term is
           close to an L1 distance of magnitudes; stage 1 brings the latents to life first (from a random
           start, a floor of 3 leaves the decoder ignoring them within our step budget).
-3. init:  the ``demo`` preset (random DiT, frozen random byte-level T5, seed 0) with the stage-2 VAE
+   vae3:  ``--model RUN/vae2/vae.safetensors --spectral-eps 0.1`` -> RUN/vae3/vae.safetensors. A floor of 3
+          ignores whatever the decoder adds below about -45 dBFS: stage 2 leaves a steady 1500 Hz hum at
+          -50 dBFS in every clip, which fills the silences, turns beeps into tones, flattens fades and reads
+          as "high" pitch for quiet sounds. A floor of 0.1 sees it, and the hum goes (below -64 dBFS).
+   vae4:  the same loss from RUN/vae3/vae.safetensors with the learning rate decaying as 1 / (1 + k / 1500)
+          -> RUN/vae4/vae.safetensors. The analyzer's attribute accuracy on the VAE's reconstructions of the
+          evaluation clips (96 prompts): stage 2 0.57, stage 3 0.67, stage 4 0.73. What it still misses: the
+          encoder maps sounds above about 1 kHz (high tones, the top of chirps, harmonics) to the latent of
+          silence, a habit its outer blocks learned in stage 1; keeping them needs a new stage-1 recipe.
+3. init:  the ``demo`` preset (random DiT, frozen random byte-level T5, seed 0) with the stage-4 VAE
           -> RUN/init.safetensors
 4. cache: ``etta cache --model RUN/init.safetensors``  -> RUN/cache (latents and text embeddings)
 5. dit:   ``etta train dit --model RUN/init.safetensors`` -> RUN/dit/model.safetensors (EMA weights)
@@ -24,7 +33,8 @@ the text embeddings once, so the encoder cannot be trained with the DiT, and a r
 caption distinct, position-aware token features that the DiT's cross-attention learns to read. Its
 weights (drawn from seed 0) ship inside the model's checkpoint.
 
-The defaults are the settings that produced the shipped weights.
+The defaults are the settings that produced the shipped weights. Stage times on one core of an AMD EPYC
+(shared with other jobs): vae + vae2 about 30 min, vae3 6 min, vae4 8 min, cache 7 min, dit 6000 steps 53 min.
 """
 
 from __future__ import annotations
@@ -81,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae-batch", type=int, default=8)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--vae2-steps", type=int, default=2200)
-    p.add_argument("--dit-steps", type=int, default=3000)
-    p.add_argument("--dit-batch", type=int, default=64)
+    p.add_argument("--vae3-steps", type=int, default=750)
+    p.add_argument("--vae4-steps", type=int, default=1000)
+    p.add_argument("--dit-steps", type=int, default=6000)
+    p.add_argument("--dit-batch", type=int, default=32)
     p.add_argument("--dit-lr", type=float, default=8e-4)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of each stage (OMP_NUM_THREADS)")
@@ -92,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     run_dir = args.run.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    data, vae, vae2, init = run_dir / "data", run_dir / "vae", run_dir / "vae2", run_dir / "init.safetensors"
+    data, init = run_dir / "data", run_dir / "init.safetensors"
+    vae, vae2, vae3, vae4 = (run_dir / f"vae{i}" for i in ("", 2, 3, 4))
     cache, dit = run_dir / "cache", run_dir / "dit"
     timings: dict[str, float] = {}
 
@@ -109,11 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     synth = [sys.executable, "-m", "etta_engine.demo.synth", str(data), "--n", str(args.clips)]
     stage("data", manifest, lambda: run([*synth, "--seed", str(args.seed)], env))
 
-    def vae_args(out: Path, start: str, steps: int, eps: str, save_every: str) -> list[str]:
+    def vae_args(out: Path, start: str, steps: int, eps: str, save_every: str, decay: str = "") -> list[str]:
+        # decay: the InverseLR inv_gamma of a 1 / (1 + k / decay) schedule; none: the CLI's default (nearly flat)
+        decay, power = (decay, "1") if decay else ("200000", "0.5")
         return [
             *("train", "vae", str(manifest), str(out), "--model", start, "--sample-rate", "8000"),
             *("--sample-size", "8192", "--batch-size", str(args.vae_batch), "--max-steps", str(steps)),
-            *("--lr", str(args.vae_lr), "--warmup", "0.99", "--adversarial-weight", "0"),
+            *("--lr", str(args.vae_lr), "--warmup", "0.99", "--inv-gamma", decay, "--lr-power", power),
+            *("--adversarial-weight", "0"),
             *("--feature-matching-weight", "0", "--kl-weight", "1e-5", "--spectral-eps", eps),
             *("--save-every", save_every, "--log-every", "25", "--seed", str(args.seed), "--device", args.device),
         ]
@@ -122,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     stage("vae", vae / "vae.safetensors", lambda: run(etta(*stage1), env))
     stage2 = vae_args(vae2, str(vae / "vae.safetensors"), args.vae2_steps, "3", "200")
     stage("vae2", vae2 / "vae.safetensors", lambda: run(etta(*stage2), env))
-    stage("init", init, lambda: assemble_init(vae2 / "vae.safetensors", init))
+    stage3 = vae_args(vae3, str(vae2 / "vae.safetensors"), args.vae3_steps, "0.1", "250")
+    stage("vae3", vae3 / "vae.safetensors", lambda: run(etta(*stage3), env))
+    stage4 = vae_args(vae4, str(vae3 / "vae.safetensors"), args.vae4_steps, "0.1", "250", decay="1500")
+    stage("vae4", vae4 / "vae.safetensors", lambda: run(etta(*stage4), env))
+    stage("init", init, lambda: assemble_init(vae4 / "vae.safetensors", init))
     cache_args = [
         *("cache", str(manifest), str(cache), "--model", str(init), "--seconds", "2.0"),
         *("--text-dtype", "float32", "--batch-size", "32", "--seed", str(args.seed), "--device", args.device),

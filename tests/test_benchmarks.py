@@ -61,9 +61,14 @@ def test_sweep_smoke_and_its_plot(tmp_path):
     (path,) = tmp_path.glob("sweep-*.json")
     rows = json.loads(path.read_text())["rows"]
     cells = {(r["backend"], r["solver"], r["nfe"], r["cfg_scale"]) for r in rows}
-    assert len(cells) == len(rows) == 3 * 2 * 2 * 2  # backends x solvers x NFE x CFG
+    assert len(cells) == len(rows) == 4 * 2 * 2 * 2  # backends (eager, engine-torch/cuda, onnx) x solvers x NFE x CFG
+    assert "skipping backend 'tensorrt': tensorrt is not installed" in result.stderr
     for r in rows:
         assert r["e2e_ms"] >= r["dit_ms"] > 0 and r["rtf"] > 0
+        assert (r["runtime"] is None) == (r["backend"] != "onnx")
+    onnx = next(r for r in rows if r["backend"] == "onnx")
+    assert onnx["runtime"]["export_dtype"] == "fp32" and onnx["runtime"]["providers"] == ["CPUExecutionProvider"]
+    assert onnx["text_ms"] > 0 and onnx["vae_ms"] > 0 and onnx["peak_memory_gib"] is None
     # Same noise, same maths: the backends agree on the error, and more steps of a solver err less.
     by = {(r["backend"], r["solver"], r["nfe"], r["cfg_scale"]): r["latent_rel_rmse"] for r in rows}
     for (backend, solver, nfe, scale), err in by.items():
@@ -73,3 +78,20 @@ def test_sweep_smoke_and_its_plot(tmp_path):
     plot = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_sweep.py"), str(path)], capture_output=True)
     assert plot.returncode == 0, plot.stderr
     assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_vae_precision_benchmark_writes_rows(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "vae_precision.py"), "--smoke", "--out", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = tmp_path.glob("vae_precision-*.json")
+    rows = {r["variant"]: r for r in json.loads(path.read_text())["rows"]}
+    assert list(rows) == ["fp32", "fp32-folded", "bf16", "bf16-snake32", "fp16",
+                          "reference+noise-40dB", "reference+noise-60dB"]  # fmt: skip
+    assert rows["fp32"]["rel_err"] == rows["fp32"]["mrstft"] == 0.0 and rows["fp32"]["ms_median"] > 0
+    assert rows["fp32-folded"]["rel_err"] <= 1e-5  # folding the weight norm changes only the rounding
+    # fp16 keeps 3 more mantissa bits than bf16: about 8x less error; both finite and far from noise-like.
+    assert all(rows[v]["finite"] for v in rows)
+    assert 1e-4 < rows["fp16"]["rel_err"] < rows["bf16"]["rel_err"] / 3 < 0.05
+    assert abs(rows["reference+noise-40dB"]["snr_db"] - 40) < 1e-3
+    assert rows["reference+noise-60dB"]["mrstft"] < rows["reference+noise-40dB"]["mrstft"]

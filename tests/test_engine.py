@@ -3,13 +3,14 @@ a negative prompt, ragged masks), at every call of every fixed-step solver, and 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
 import torch
-from conftest import randomize_
+from conftest import randomize_, rel_err
 
-from etta_engine.engine import DiTEngine, evaluation_times
+from etta_engine.engine import DiTEngine, evaluation_times, guarded_linear
 from etta_engine.models.conditioning import DiTConditioning
 from etta_engine.models.dit import DiT
 from etta_engine.sampling import cfg, sample
@@ -109,3 +110,143 @@ def test_bad_inputs(tiny_cfg):
         DiTEngine(dit).prepare(DiTConditioning(cond.context[:, :, :3], cond.context_mask, cond.global_cond), [0.5])
     with pytest.raises(TypeError, match="dit must be a DiT"):
         DiTEngine(torch.nn.Linear(2, 2))
+
+
+# ------------------------------------------------------------------ static buffers and CUDA graphs
+
+
+def _run(engine: DiTEngine, cond, noise, solver="heun", nfe=6):
+    velocity = engine.prepare(cond, evaluation_times(solver, nfe))
+    return sample(cfg(velocity, 3.5), noise, solver=solver, nfe=nfe).x
+
+
+def test_static_buffers_give_the_plain_steps(tiny_cfg):
+    """cuda_graph="eager" runs the graph path's buffer logic on the CPU: copies in, cached per shape, the
+    per-generation inputs rebound when another generation uses the same buffers, the output copied out."""
+    dit = _dit(tiny_cfg)
+    conds = [_cond(dit, B=2, seed=s) for s in (0, 1)]
+    noise = torch.randn(2, dit.cfg.io_channels, 11, generator=torch.Generator().manual_seed(3))
+    plain, static = DiTEngine(dit, cuda_graph=False), DiTEngine(dit, cuda_graph="eager")
+    for c in conds:  # the second generation reuses the first one's cached step
+        ref = _run(plain, c, noise)
+        assert (_run(static, c, noise) - ref).abs().max() <= 1e-6 * ref.abs().max()
+    assert len(static.graphs) == 1 and not plain.graphs
+    # Two generations interleaved on one cached step: each call sees its own prompt K/V.
+    x = noise.repeat(2, 1, 1)
+    prepared = [static.prepare(c, [0.9, 0.5, 0.1]) for c in conds]
+    refs = [plain.prepare(c, [0.9, 0.5, 0.1]) for c in conds]
+    for _ in range(3):
+        for p, r in zip(prepared, refs, strict=True):
+            want = r(x)
+            assert (p(x) - want).abs().max() <= 1e-6 * want.abs().max()
+    _run(static, conds[0], noise[..., :7])  # another length: another cached step
+    assert len(static.graphs) == 2
+
+
+def test_cuda_graph_mode_is_checked(tiny_cfg):
+    with pytest.raises(ValueError, match=r"cuda_graph='always' is not one of \(True, False, 'eager'\)"):
+        DiTEngine(_dit(tiny_cfg), cuda_graph="always")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_graph_equals_the_eager_step(tiny_cfg, dtype):
+    dit = _dit(tiny_cfg).cuda().to(dtype)
+    conds = [DiTConditioning(*(t.cuda() for t in _cond(dit, B=2, seed=s))) for s in (0, 1)]
+    noise = torch.randn(2, dit.cfg.io_channels, 23, generator=torch.Generator().manual_seed(3)).cuda().to(dtype)
+    plain, graphed = DiTEngine(dit, cuda_graph=False), DiTEngine(dit)
+    velocity = plain.prepare(conds[0], [0.5])
+    torch.cuda.set_sync_debug_mode("error")  # a host sync inside the step raises
+    try:
+        velocity(noise.repeat(2, 1, 1))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    tol = 1e-5 if dtype == torch.float32 else 2e-2  # a captured GEMM may pick another algorithm
+    for c in conds:  # capture in the first generation, replay from the first call in the second
+        ref = _run(plain, c, noise).float()
+        got = _run(graphed, c, noise).float()
+        assert (got - ref).abs().max() <= tol * ref.abs().max()
+    (step,) = graphed.graphs.values()
+    assert step.graph is not None
+
+
+@pytest.mark.gpu
+def test_pipeline_with_and_without_cuda_graphs():
+    from etta_engine.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained("tiny", device="cuda")
+    randomize_(pipe.model.dit, std=0.05)
+    kw = dict(seconds=1.0, nfe=8, solver="heun", seed=0, progress=False)
+    pipe.cuda_graphs = False
+    ref = pipe.generate("rain", **kw).waveform
+    pipe.cuda_graphs = True
+    for _ in range(2):
+        got = pipe.generate("rain", **kw).waveform
+        assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+# ------------------------------------------------------------------ fp16 with overflow guards
+
+
+def test_guarded_linear_is_exact_scaling():
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(24, 40, generator=g) * 0.3).half()
+    a = torch.randn(3, 5, 40, generator=g)
+    a[0, 1] *= 3e5  # one row far beyond what an fp16 matmul can hold
+    bound = w.float().abs().sum(1).amax()
+    got = guarded_linear(a, w, bound)
+    want = a @ w.float().T
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert not torch.isfinite(torch.nn.functional.linear(a.half(), w)).all()  # the naive fp16 matmul overflows
+    ordinary = torch.ones(3, 5, dtype=torch.bool)
+    ordinary[0, 1] = False
+    assert torch.equal(got[ordinary], torch.nn.functional.linear(a.half(), w).float()[ordinary])  # s = 1: no change
+    assert rel_err(got[0, 1], want[0, 1]) <= 2e-3
+    assert torch.equal(guarded_linear(torch.zeros(2, 40), w, bound), torch.zeros(2, 24))
+
+
+def _fp16_pair(tiny_cfg, std=0.2):
+    dit = _dit(tiny_cfg).to(torch.float32)
+    randomize_(dit, std=std)
+    return dit, copy.deepcopy(dit).half()
+
+
+def test_fp16_guarded_step_is_close_to_fp32(tiny_cfg):
+    dit, half = _fp16_pair(tiny_cfg)
+    cond = _cond(dit, B=2)
+    x = torch.randn(4, dit.cfg.io_channels, 13, generator=torch.Generator().manual_seed(1))
+    times = [0.9, 0.4]
+    ref, naive, guarded = (DiTEngine(d, fp16_guards=g).prepare(_cast(cond, d.dtype), times)
+                           for d, g in ((dit, True), (half, False), (half, True)))  # fmt: skip
+    assert guarded.plan.guarded and not naive.plan.guarded
+    for _ in times:
+        want = ref(x)
+        got, plain = guarded(x.half()), naive(x.half())
+        assert got.dtype == torch.float16
+        # The guards keep fp32 where naive fp16 rounds: at least as accurate (STYLE.md rule 7).
+        assert rel_err(got, want) <= 2 * rel_err(plain, want) + 1e-4, (rel_err(got, want), rel_err(plain, want))
+        assert rel_err(got, want) <= 5e-3
+
+
+def test_fp16_guards_keep_an_overflowing_model_finite(tiny_cfg):
+    """FFN activations and a residual stream beyond 65504: naive fp16 gives inf/NaN, the guarded step the fp32
+    result (to fp16 accuracy)."""
+    dit, _ = _fp16_pair(tiny_cfg)
+    with torch.no_grad():
+        for block in dit.blocks[:1]:
+            block.ff.up.weight.mul_(300.0)  # hidden activations ~1e3-1e4, outputs ~1e5-1e7
+            block.ff.down.weight.mul_(300.0)
+    half = copy.deepcopy(dit).half()
+    cond = _cond(dit, B=2)
+    x = torch.randn(4, dit.cfg.io_channels, 13, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = dit(x, torch.full((4,), 0.6), *cond)
+        naive = half(x.half(), torch.full((4,), 0.6), *_cast(cond, torch.float16))
+    assert torch.isfinite(want).all() and not torch.isfinite(naive).all()
+    got = DiTEngine(half).prepare(_cast(cond, torch.float16), [0.6])(x.half())
+    assert torch.isfinite(got).all()
+    assert rel_err(got, want) <= 1e-2
+
+
+def _cast(cond: DiTConditioning, dtype) -> DiTConditioning:
+    return DiTConditioning(cond.context.to(dtype), cond.context_mask, cond.global_cond.to(dtype))

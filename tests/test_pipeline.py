@@ -67,6 +67,7 @@ def test_bad_generation_arguments(pipe, kwargs, exc, pattern):
 def test_cli_generate_writes_a_wav(tmp_path):
     out = tmp_path / "dog.wav"
     cmd = [ETTA, "generate", "a dog barking in the rain", "-o", str(out), "--seconds", "1.5", "--nfe", "3", "--quiet"]
+    cmd += ["--model", "tiny"]  # the 44.1 kHz stereo preset (the default, the demo model, is 8 kHz mono)
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     info = sf.info(out)
@@ -187,7 +188,7 @@ def test_cli_continuation_from_a_file(tmp_path):
     sf.write(tmp_path / "in.wav", tone(1.0, sr=22050).T.numpy(), 22050)
     out = tmp_path / "cont.wav"
     cmd = [ETTA, "generate", "more of this", "-o", str(out), "--seconds", "1", "--nfe", "2", "--quiet"]
-    cmd += ["--init-audio", str(tmp_path / "in.wav"), "--keep", "0:0.5"]
+    cmd += ["--model", "tiny", "--init-audio", str(tmp_path / "in.wav"), "--keep", "0:0.5"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     data, sr = sf.read(out)

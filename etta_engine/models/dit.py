@@ -13,6 +13,8 @@ Reference: ../shared/spec/ETTA.md. Differences from the official code, all delib
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -23,6 +25,9 @@ from etta_engine import ops
 from etta_engine._validation import check_bool_mask, check_tensor
 from etta_engine.config import DiTConfig
 from etta_engine.ops._dispatch import fp32_region
+
+if TYPE_CHECKING:
+    from etta_engine.models.adapter import AudioPrompt
 
 
 class LayerNorm(nn.Module):
@@ -137,13 +142,24 @@ class DiTBlock(nn.Module):
         self.adaln = nn.Linear(cfg.width, 9 * cfg.width)
 
     def forward(
-        self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, c_act: torch.Tensor
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        c_act: torch.Tensor,
+        audio: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """x (B, T, D); memory (B, L, Dc); memory_mask (B, L); c_act = silu(c) (B, D)."""
-        return self.modulated(x, memory, memory_mask, self.adaln(c_act))
+        """x (B, T, D); memory (B, L, Dc); memory_mask (B, L); c_act = silu(c) (B, D); ``audio``: the audio-prompt
+        adapter's residual of this block (etta_engine.models.adapter), applied after the text cross-attention."""
+        return self.modulated(x, memory, memory_mask, self.adaln(c_act), audio)
 
     def modulated(
-        self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, modulation: torch.Tensor
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        modulation: torch.Tensor,
+        audio: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The block given its adaLN output ``modulation`` (B, 9 D)."""
         shift_sa, scale_sa, gate_sa, shift_ca, scale_ca, gate_ca, shift_ff, scale_ff, gate_ff = modulation.chunk(9, 1)
@@ -151,6 +167,8 @@ class DiTBlock(nn.Module):
         x = ops.gated_residual(x, gate_sa, self.self_attn(h), impl=self.ops)
         h = ops.adaln_modulate(x, shift_ca, scale_ca, None, 1e-6, impl=self.ops)
         x = ops.gated_residual(x, gate_ca, self.cross_attn(h, self.memory_norm(memory), memory_mask), impl=self.ops)
+        if audio is not None:
+            x = audio(x)
         h = ops.adaln_modulate(x, shift_ff, scale_ff, self.ff_norm.weight, self.ff_norm.eps, impl=self.ops)
         return ops.gated_residual(x, gate_ff, self.ff(h), impl=self.ops)
 
@@ -234,18 +252,24 @@ class DiT(nn.Module):
         context: torch.Tensor,
         context_mask: torch.Tensor,
         global_cond: torch.Tensor,
+        audio: AudioPrompt | None = None,
     ) -> torch.Tensor:
+        """``audio``: an audio prompt (:meth:`etta_engine.models.adapter.AudioAdapter.prompt`) whose gated
+        cross-attention runs in every block; None: the text-only model."""
         self.check_inputs(x, t, context, context_mask, global_cond)
+        if audio is not None and audio.tokens.shape[0] != x.shape[0]:
+            raise ValueError(f"the audio prompt has {audio.tokens.shape[0]} rows for a batch of {x.shape[0]}")
         memory = self.cond_embed(context)  # (B, L, Dc)
         c_act = F.silu(self.conditioning(t, global_cond))  # (B, D), shared by every adaLN
         x = x.transpose(1, 2)  # (B, T, C)
         x = self.preprocess(x) + x
         h = self.project_in(x)  # (B, T, D)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            extra = None if audio is None else audio.layer(i)
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(block, h, memory, context_mask, c_act, use_reentrant=False)
+                h = checkpoint(block, h, memory, context_mask, c_act, extra, use_reentrant=False)
             else:
-                h = block(h, memory, context_mask, c_act)
+                h = block(h, memory, context_mask, c_act, extra)
         out = self.final(h, c_act)  # (B, T, C)
         out = self.postprocess(out) + out
         return out.transpose(1, 2)  # (B, C, T)

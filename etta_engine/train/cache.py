@@ -3,7 +3,8 @@
 The cache is a directory of safetensors shards plus ``index.json``. Each shard holds, per item:
 ``latent_mean``/``latent_std`` (C, T) fp32 (the VAE posterior, so training can sample it each step as
 the official recipe does), ``text`` (L, D) and ``text_mask`` (L,) from the frozen text encoder, and
-``seconds_start``/``seconds_total``. Shards are written atomically and skipped when already present
+``seconds_start``/``seconds_total``, and with ``audio_embedder`` the clip's ``audio_embedding`` (for training an
+audio-prompt adapter with a provider such as CLAP). Shards are written atomically and skipped when already present
 with the same settings, so an interrupted run resumes where it stopped.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from etta_engine.audio_prompt import PROVIDERS, get_provider
 from etta_engine.checkpoint import CheckpointError, atomic_write, load_model, read_safetensors
 from etta_engine.config import ModelConfig
 from etta_engine.data import AudioReadError, AudioTextDataset, read_manifest
@@ -45,6 +47,8 @@ class CacheConfig:
     on_error: str = "skip"  # unreadable audio: "skip" (counted, listed in index.json) or "raise"
     truncate: bool = False  # truncate captions over the token limit instead of stopping
     text_dtype: str = "bfloat16"
+    audio_embedder: str | None = None  # an etta_engine.audio_prompt provider whose embeddings are cached too
+    clap_checkpoint: str | None = None  # the local LAION-CLAP checkpoint of audio_embedder="clap"
     device: str | None = None
 
     def __post_init__(self) -> None:
@@ -54,6 +58,8 @@ class CacheConfig:
             raise ValueError(f"text_dtype={self.text_dtype!r}; allowed: {sorted(TEXT_DTYPES)}")
         if self.on_error not in ("skip", "raise"):
             raise ValueError(f"on_error={self.on_error!r}; allowed: 'skip', 'raise'")
+        if self.audio_embedder not in (None, *PROVIDERS):
+            raise ValueError(f"audio_embedder={self.audio_embedder!r}; allowed: {list(PROVIDERS)} or None")
 
 
 def _weights_digest(*modules: torch.nn.Module) -> str:
@@ -65,12 +71,17 @@ def _weights_digest(*modules: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def encoders_digest(model: ETTAModel) -> str:
+    """sha256 of the weights that made a cache's values: the VAE's and the text encoder's."""
+    return _weights_digest(model.vae, model.text_encoder)
+
+
 def _fingerprint(cfg: CacheConfig, model: ETTAModel) -> str:
     """What the cached values depend on: the data settings, the model config and the encoders' weights."""
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "batch_size", "device", "text_encoder")}
     settings["manifest"] = os.path.abspath(cfg.manifest)
     payload = json.dumps({"settings": settings, "model": model.cfg.to_dict()}, sort_keys=True)
-    return hashlib.sha256((payload + _weights_digest(model.vae, model.text_encoder)).encode()).hexdigest()
+    return hashlib.sha256((payload + encoders_digest(model)).encode()).hexdigest()
 
 
 @torch.no_grad()
@@ -104,6 +115,10 @@ def build_cache(cfg: CacheConfig, progress: bool = True) -> Path:
         channels=model.cfg.vae.audio_channels,
     )
     ratio = model.cfg.vae.downsampling_ratio
+    embedder = None
+    if cfg.audio_embedder is not None:
+        options = {"checkpoint": cfg.clap_checkpoint, "device": device} if cfg.audio_embedder == "clap" else {}
+        embedder = get_provider(cfg.audio_embedder, model, **options)
     n_shards = -(-len(entries) // cfg.shard_size)
     shards, skipped, padded = [], [], 0
     with tqdm(total=len(entries), disable=not progress, desc="caching", unit="clip") as bar:
@@ -112,7 +127,7 @@ def build_cache(cfg: CacheConfig, progress: bool = True) -> Path:
             rows = range(k * cfg.shard_size, min((k + 1) * cfg.shard_size, len(entries)))
             meta = _existing_shard(path, fingerprint)
             if meta is None:
-                meta = _write_shard(path, rows, dataset, model, cfg, fingerprint, ratio, device)
+                meta = _write_shard(path, rows, dataset, model, cfg, fingerprint, ratio, device, embedder)
             shards.append({"file": path.name, "items": int(meta["items"])})
             skipped += json.loads(meta["skipped"])
             padded += int(meta["padded"])
@@ -122,6 +137,7 @@ def build_cache(cfg: CacheConfig, progress: bool = True) -> Path:
         "format": CACHE_FORMAT,
         "version": CACHE_VERSION,
         "fingerprint": fingerprint,
+        "encoders_digest": encoders_digest(model),  # training checks that its model has these VAE/text weights
         "model_config": model.cfg.to_dict(),
         "settings": {k: v for k, v in asdict(cfg).items() if k != "device"},
         "frames": dataset.length // ratio,
@@ -150,12 +166,14 @@ def _existing_shard(path: Path, fingerprint: str) -> dict | None:
     return meta
 
 
-def _write_shard(path, rows, dataset, model: ETTAModel, cfg: CacheConfig, fingerprint: str, ratio: int, device):
+def _write_shard(
+    path, rows, dataset, model: ETTAModel, cfg: CacheConfig, fingerprint: str, ratio: int, device, embedder=None
+):
     from safetensors.torch import save_file
 
     frames = dataset.length // ratio
     parts: dict[str, list[torch.Tensor]] = {
-        k: [] for k in ("latent_mean", "latent_std", "text", "text_mask", "start", "total")
+        k: [] for k in ("latent_mean", "latent_std", "text", "text_mask", "start", "total", "audio_embedding")
     }
     captions, kept, skipped = [], [], []
     padded_before = dataset.padded_count
@@ -182,6 +200,8 @@ def _write_shard(path, rows, dataset, model: ETTAModel, cfg: CacheConfig, finger
             raise ValueError(f"manifest entries from {first}: {e} (pass --truncate to cut long captions)") from e
         parts["latent_mean"].append(mean.float().cpu())
         parts["latent_std"].append(std.float().cpu())
+        if embedder is not None:
+            parts["audio_embedding"].append(embedder.embed(audio.float().cpu(), model.cfg.sample_rate).float().cpu())
         parts["text"].append(text.to(TEXT_DTYPES[cfg.text_dtype]).cpu())
         parts["text_mask"].append(mask.cpu())
         parts["start"].append(torch.tensor([it["seconds_start"] for it in items], dtype=torch.float32))
@@ -196,6 +216,8 @@ def _write_shard(path, rows, dataset, model: ETTAModel, cfg: CacheConfig, finger
         "seconds_start": _cat(parts["start"], (0,)),
         "seconds_total": _cat(parts["total"], (0,)),
     }
+    if embedder is not None:
+        tensors["audio_embedding"] = _cat(parts["audio_embedding"], (0, embedder.dim))
     meta = {
         "format": CACHE_FORMAT,
         "fingerprint": fingerprint,
@@ -243,6 +265,11 @@ class LatentCache:
         return self.length
 
     @property
+    def has_audio_embeddings(self) -> bool:
+        """Whether the cache holds ``audio_embedding`` per item (``etta cache --audio-embedder``)."""
+        return self.index["settings"].get("audio_embedder") is not None
+
+    @property
     def captions(self) -> list[str]:
         return [c for f in self.shards for c in json.loads(f.metadata()["captions"])]
 
@@ -257,6 +284,7 @@ class LatentCache:
         seconds_start/seconds_total (B,)."""
         rows = [self._locate(i) for i in indices]
         out = {}
-        for key in self.KEYS:
+        keys = self.KEYS + (("audio_embedding",) if self.has_audio_embeddings else ())
+        for key in keys:
             out[key] = torch.cat([self.shards[s].get_slice(key)[r : r + 1] for s, r in rows])
         return out

@@ -24,12 +24,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from etta_engine import flow
-from etta_engine.checkpoint import CheckpointError, load_model, save
+from etta_engine.checkpoint import CheckpointError, load_adapter, load_model, model_reference, save, save_adapter
 from etta_engine.data import ResumableSampler
+from etta_engine.models.adapter import AudioAdapter
 from etta_engine.models.conditioning import Conditioner
 from etta_engine.models.dit import DiT
 from etta_engine.models.model import ETTAModel
-from etta_engine.train.cache import LatentCache
+from etta_engine.train.adapter import AdapterFlowModel, cached_embeddings, stage_adapter, trained_names
+from etta_engine.train.cache import LatentCache, encoders_digest
 from etta_engine.train.common import (
     EMA,
     Dist,
@@ -89,6 +91,15 @@ class DiTTrainConfig:
     max_bad_steps: int = 10  # consecutive non-finite losses/gradients before the run stops
     device: str | None = None
     resume: str | None = None  # a training checkpoint, or a run's checkpoints/ directory (its last one)
+    # The audio-prompt adapter (etta_engine.train.adapter): stage 0 trains the base model itself.
+    adapter_stage: int = 0
+    adapter: str | None = None  # the previous stage's adapter checkpoint
+    audio_provider: str = "latent_stats"
+    audio_dropout: float = 0.1  # probability of the null audio tokens (independent of cfg_dropout)
+    adapter_tokens: int = 8
+    adapter_groups: int = 4
+    lora_rank: int = 16  # stage 2
+    lora_alpha: float = 16.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -103,6 +114,14 @@ class DiTTrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if not 0.0 <= self.cfg_dropout <= 1.0:
             raise ValueError(f"cfg_dropout={self.cfg_dropout} is outside [0, 1]")
+        if self.adapter_stage not in (0, 1, 2, 3):
+            raise ValueError(f"adapter_stage={self.adapter_stage}; allowed: 0 (the base model), 1, 2, 3")
+        if self.adapter_stage == 0 and self.adapter is not None:
+            raise ValueError("adapter is a previous stage's checkpoint: it needs adapter_stage 1, 2 or 3")
+        if not 0.0 <= self.audio_dropout <= 1.0:
+            raise ValueError(f"audio_dropout={self.audio_dropout} is outside [0, 1]")
+        if self.adapter_stage and self.strategy == "fsdp":
+            raise ValueError("adapter stages train a few million parameters: use strategy='ddp'")
         if self.lr <= 0 or self.grad_clip < 0 or self.t_std <= 0:
             raise ValueError(f"lr={self.lr} and t_std={self.t_std} must be > 0, grad_clip={self.grad_clip} >= 0")
 
@@ -173,8 +192,12 @@ def flow_matching_loss(
     noise, t, drop = noise.to(device), t.to(device), drop.to(device)
     x_t, target = training_pair(cfg, x0, noise, t)
     conditioning = [batch[k].to(device) for k in ("text_mask", "seconds_start", "seconds_total")]
+    extra = []
+    if cfg.adapter_stage:  # drawn after the base recipe's draws, which stay the same
+        audio_drop = (torch.rand(G, generator=g) < cfg.audio_dropout)[mine]
+        extra = [batch["audio_embedding"].to(device), audio_drop.to(device)]
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        pred = model(x_t, t, batch["text"].to(device, torch.float32), *conditioning, drop)
+        pred = model(x_t, t, batch["text"].to(device, torch.float32), *conditioning, drop, *extra)
     return F.mse_loss(pred.float(), target.float())
 
 
@@ -198,23 +221,67 @@ class DiTTrainer(Trainer):
                 f"cache {cfg.cache} was encoded with model {cc.name!r} whose VAE/text encoder/sample rate differ "
                 f"from those of {cfg.model!r}; encode the data with the model being trained"
             )
+        digest = self.cache.index.get("encoders_digest")  # absent in caches written before it was recorded
+        if digest is not None and digest != encoders_digest(self.base):
+            raise ValueError(
+                f"cache {cfg.cache} was encoded by a VAE or text encoder with other weights than those of "
+                f"{cfg.model!r}: its latents would not match the model's VAE; encode the data with this model"
+            )
         if cfg.batch_size > len(self.cache):
             raise ValueError(f"batch_size={cfg.batch_size} exceeds the {len(self.cache)} cached items")
 
         seed_everything(cfg.seed, d.rank)
         flow_model = FlowModel(self.base.dit, self.base.conditioner).to(d.device).train()
         flow_model.dit.activation_checkpointing = cfg.activation_checkpointing
-        ema_module = ema_copy(flow_model).eval()
-        self.model = wrap_model(flow_model, cfg.strategy, d, list(flow_model.dit.blocks))
+        self.adapter = None
+        if cfg.adapter_stage:
+            self.adapter = self._stage_adapter().to(d.device).train()
+            ema_module = ema_copy(self.adapter).eval()  # the checkpoints and the EMA hold the adapter only
+            flow_model = AdapterFlowModel(flow_model, self.adapter)
+        else:
+            ema_module = ema_copy(flow_model).eval()
+        self.model = wrap_model(flow_model, cfg.strategy, d, list(self.base.dit.blocks))
         if cfg.strategy == "fsdp" and d.active:
             wrap_model(ema_module, "fsdp", d, list(ema_module.dit.blocks))
         self.ema = EMA(ema_module, cfg.ema_beta, cfg.ema_power)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         schedule = inverse_lr_lambda(cfg.inv_gamma, cfg.lr_power, cfg.warmup)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule)
         self.sampler = ResumableSampler(len(self.cache), seed=cfg.seed, shuffle=True, drop_last=True)
         if cfg.resume:
             self.resume(cfg.resume)
+
+    def _stage_adapter(self) -> AudioAdapter:
+        cfg = self.cfg
+        previous = None
+        if cfg.adapter is not None:
+            previous, meta = load_adapter(cfg.adapter)
+            if meta["base"] != model_reference(cfg.model)[0]:
+                raise ValueError(f"adapter {cfg.adapter} was trained on base model {meta['base']!r}, not {cfg.model!r}")
+        probe = self._batch([0])
+        return stage_adapter(
+            cfg.adapter_stage,
+            self.base,
+            previous,
+            embed_dim=probe["audio_embedding"].shape[1],
+            provider=cfg.audio_provider,
+            tokens=cfg.adapter_tokens,
+            groups=cfg.adapter_groups,
+            lora_rank=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+        )
+
+    def _batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """Cache items, with their audio embeddings when training an adapter."""
+        batch = self.cache.get(indices)
+        if self.cfg.adapter_stage:
+            batch["audio_embedding"] = cached_embeddings(self.cfg.audio_provider, self.base, batch)
+        return batch
+
+    def _trained(self) -> nn.Module:
+        """What the checkpoints hold: the flow model, or the adapter in an adapter stage."""
+        return self.adapter if self.adapter is not None else self.model
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -222,7 +289,7 @@ class DiTTrainer(Trainer):
         return {
             "model_config": self.base.cfg.to_dict(),
             "cache_fingerprint": self.cache.index["fingerprint"],
-            "model": full_state_dict(self.model),
+            "model": full_state_dict(self._trained()),
             "ema": full_state_dict(self.ema.module),
             "ema_updates": self.ema.updates,
             "optimizer": full_optimizer_state(self.model, self.opt),
@@ -235,7 +302,7 @@ class DiTTrainer(Trainer):
             raise CheckpointError(f"cannot resume from {path}: its model config differs from {self.cfg.model!r}'s")
         if state["cache_fingerprint"] != self.cache.index["fingerprint"]:
             raise CheckpointError(f"cannot resume from {path}: it was trained on a different cache")
-        load_full_state_dict(self.model, state["model"])
+        load_full_state_dict(self._trained(), state["model"])
         load_full_state_dict(self.ema.module, state["ema"])
         self.ema.updates = int(state["ema_updates"])
         load_full_optimizer_state(self.model, self.opt, state["optimizer"])
@@ -254,7 +321,7 @@ class DiTTrainer(Trainer):
         cfg, d = self.cfg, self.d
         b = cfg.batch_size // d.world_size
         mine = slice(d.rank * b, (d.rank + 1) * b)
-        batch = self.cache.get(self._next_indices()[mine])
+        batch = self._batch(self._next_indices()[mine])
         loss = flow_matching_loss(self.model, cfg, batch, step_generator(cfg.seed, self.step), mine, d.device)
 
         ok = all_ok(bool(torch.isfinite(loss)), d)
@@ -266,7 +333,7 @@ class DiTTrainer(Trainer):
             if ok:
                 self.opt.step()
                 self.sched.step()
-                self.ema.update(unwrap(self.model))
+                self.ema.update(self.adapter if self.adapter is not None else unwrap(self.model))
         self.opt.zero_grad(set_to_none=True)
         self.guard.record(ok, self.step, "loss or gradient")
         return {"loss": float(loss.detach()), "grad_norm": grad_norm}, ok
@@ -306,10 +373,31 @@ class DiTTrainer(Trainer):
             audio.save(folder / f"step_{self.step:07d}_{i}.wav", index=i)
 
     def export(self) -> Path:
+        if self.adapter is not None:
+            return self.export_adapter()
         model = self.ema_model()
         path = self.out / "model.safetensors"
         if model is not None:
             save(path, model, metadata={"trained_steps": str(self.step), "train_config": json.dumps(_plain(self.cfg))})
+        if self.d.active:
+            dist.barrier()
+        return path
+
+    def export_adapter(self) -> Path:
+        """The EMA adapter's tensors that this stage trained, with references to the base and previous stage."""
+        path = self.out / "adapter.safetensors"
+        if self.d.main:
+            names = trained_names(self.adapter)
+            metadata = {"trained_steps": str(self.step), "train_config": json.dumps(_plain(self.cfg))}
+            save_adapter(
+                path,
+                self.ema.module,
+                stage=self.cfg.adapter_stage,
+                base=self.cfg.model,
+                parent=self.cfg.adapter,
+                names=names,
+                metadata=metadata,
+            )
         if self.d.active:
             dist.barrier()
         return path
