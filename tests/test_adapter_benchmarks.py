@@ -31,7 +31,7 @@ def test_audio_prompt_benchmark_rows_and_plot(tmp_path):
     data = json.loads(result.read_text())
     assert data["environment"]["adapter_sha256"] and result.with_suffix(".png").is_file()
     rows = {(r["audio_prompt"], r["audio_prompt_scale"]): r for r in data["rows"]}
-    assert set(rows) == {("low", 0.0), ("low", 1.0), ("high", 0.0), ("high", 1.0)}
+    assert set(rows) == {("low", 0.0), ("low", 1.0), ("medium", 0.0), ("medium", 1.0)}
     assert all(0.0 <= r["matches"] <= 1.0 and r["n"] == 1 and r["text"] == "a tone" for r in rows.values())
 
 
