@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import environment, write_results
+from _common import environment, pyplot, save_figure, write_results
 from tqdm.auto import tqdm
 
 from etta_engine.demo.evaluate import EVALUATION_SEED, adherence, evaluation_prompts, reconstruction_adherence
@@ -75,11 +75,7 @@ def _row(args, solver: str, nfe: int | None, cfg_scale: float | None, n: int, re
 
 
 def plot(path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     data = json.loads(path.read_text())
     references = {r["solver"]: r["accuracy"] for r in data["rows"] if r["nfe"] is None}
     rows = [r for r in data["rows"] if r["nfe"] is not None]
@@ -103,11 +99,7 @@ def plot(path: Path) -> Path:
     axes[0][0].set_ylabel("attribute accuracy")
     axes[0][-1].legend(fontsize=8)
     n = rows[0]["prompts"] if rows else 0
-    fig.suptitle(f"demo model prompt adherence ({n} prompts) - {data['environment']['device']}", fontsize=9)
-    fig.tight_layout()
-    out = path.with_suffix(".png")
-    fig.savefig(out, dpi=120)
-    return out
+    return save_figure(fig, path, f"demo model prompt adherence ({n} prompts) - {data['environment']['device']}")
 
 
 def main() -> None:

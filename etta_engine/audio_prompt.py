@@ -35,28 +35,40 @@ class EmbeddingProvider(Protocol):
     def embed(self, audio: torch.Tensor, sample_rate: int) -> torch.Tensor: ...
 
 
-def as_batch(audio, sample_rate: int, target_rate: int, channels: int, min_samples: int) -> torch.Tensor:
+def as_batch(
+    audio,
+    sample_rate: int,
+    target_rate: int,
+    channels: int,
+    min_samples: int = 1,
+    *,
+    name: str = "the audio prompt",
+    rate_name: str = "sample_rate",
+) -> torch.Tensor:
     """``audio`` ((samples,), (channels, samples) or (B, channels, samples)) as float32 (B, channels, samples) at
-    ``target_rate`` with ``channels`` channels (stereo averaged to mono, mono duplicated), checked."""
+    ``target_rate`` with ``channels`` channels (stereo averaged to mono, mono duplicated), checked; errors call the
+    audio ``name`` and its rate ``rate_name``."""
     x = torch.as_tensor(audio, dtype=torch.float32)
     if x.ndim == 1:
         x = x[None]
     if x.ndim == 2:
         x = x[None]
-    if x.ndim != 3 or x.shape[1] not in (1, 2):
+    if x.ndim != 3:
         raise ValueError(
-            f"audio must be (samples,), (channels, samples) or (B, channels, samples) with 1 or 2 channels, "
+            f"{name} must be (samples,), (channels, samples) or (B, channels, samples), "
             f"got shape {tuple(torch.as_tensor(audio).shape)}"
         )
+    if x.shape[1] not in (1, 2):
+        raise ValueError(f"{name} has {x.shape[1]} channels; allowed: 1 or 2")
     if not torch.isfinite(x).all():
-        raise ValueError("the audio prompt contains NaN or inf")
+        raise ValueError(f"{name} contains NaN or inf")
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
-        raise ValueError(f"sample_rate={sample_rate!r} must be a positive integer")
+        raise ValueError(f"{rate_name}={sample_rate!r} must be positive (an integer, in Hz)")
     if sample_rate != target_rate:
         x = resample(x, sample_rate, target_rate)
     if x.shape[-1] < min_samples:
         raise ValueError(
-            f"the audio prompt is too short: {x.shape[-1] / target_rate:.3f} s; at least "
+            f"{name} is too short: {x.shape[-1] / target_rate:.3f} s; at least "
             f"{min_samples / target_rate:.3f} s ({min_samples} samples at {target_rate} Hz) are needed"
         )
     if x.shape[1] != channels:

@@ -378,7 +378,7 @@ def load_adapter(path: str | os.PathLike, *, device: str | torch.device = "cpu")
     for p, sd, meta in reversed(chain):  # the root first; each stage overwrites what it trained
         if (meta.get("base"), meta.get("base_sha256")) != (top_meta.get("base"), top_meta.get("base_sha256")):
             raise CheckpointError(f"{top_path} and its ancestor {p} were trained on different base models")
-        merged.update({k: v for k, v in sd.items() if not k.startswith("lora.") or cfg.lora_rank})
+        merged.update(sd)
     with torch.device("meta"):
         adapter = AudioAdapter(cfg)
     return _materialize(adapter, merged, str(top_path), device, None), dict(top_meta)

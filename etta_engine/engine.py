@@ -217,10 +217,8 @@ class DiTEngine:
             bounds = torch.stack([row_l1_bound(layer.weight) for layer in layers])  # (6 depth,)
         audio_kv = audio_scale = adapter = None
         if audio is not None:
+            audio.check(cfg, B)
             adapter = audio.adapter
-            adapter.cfg.check_dit(cfg)
-            if audio.tokens.shape[0] != B:
-                raise ValueError(f"the audio prompt has {audio.tokens.shape[0]} rows for a batch of {B}")
             audio_kv = torch.stack(
                 [run(layer.kv, audio.tokens).view(B, -1, 2, layer.heads, layer.head_dim) for layer in adapter.layers]
             )  # (depth, B, N, 2, Hc, Dc)

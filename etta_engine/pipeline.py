@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from etta_engine.audio_prompt import EmbeddingProvider, get_provider
+from etta_engine.audio_prompt import EmbeddingProvider, as_batch, get_provider
 from etta_engine.checkpoint import PRETRAINED, atomic_write, is_pretrained, load_model
 from etta_engine.config import PRESETS
-from etta_engine.data import load_audio, resample
+from etta_engine.data import load_audio
 from etta_engine.engine import ADAPTIVE_SOLVERS, DiTEngine, evaluation_times
 from etta_engine.models.adapter import AudioAdapter, check_embedding
 from etta_engine.models.conditioning import DiTConditioning
@@ -426,28 +426,14 @@ class Pipeline:
 
     def _prepare_init_audio(self, audio, sample_rate: int | None, B: int, n_samples: int) -> torch.Tensor:
         """``audio`` as (B, C, n_samples) float32 at the model's rate and channel count C (resampled, padded)."""
-        x = torch.as_tensor(audio, dtype=torch.float32)
-        if x.ndim == 1:
-            x = x[None]
-        if x.ndim == 2:
-            x = x[None]
-        if x.ndim != 3 or x.shape[0] not in (1, B):
+        rate = self.cfg.sample_rate if sample_rate is None else int(sample_rate)
+        channels = self.cfg.vae.audio_channels
+        x = as_batch(audio, rate, self.cfg.sample_rate, channels, name="init_audio", rate_name="init_sample_rate")
+        if x.shape[0] not in (1, B):
             raise ValueError(
                 f"init_audio must be (samples,), (channels, samples) or ({B} or 1, channels, samples), "
-                f"got shape {tuple(x.shape)}"
+                f"got shape {tuple(torch.as_tensor(audio).shape)}"
             )
-        if x.shape[1] not in (1, 2):
-            raise ValueError(f"init_audio has {x.shape[1]} channels; allowed: 1 or 2")
-        if not torch.isfinite(x).all():
-            raise ValueError("init_audio contains NaN or inf")
-        rate = self.cfg.sample_rate if sample_rate is None else int(sample_rate)
-        if rate <= 0:
-            raise ValueError(f"init_sample_rate={sample_rate} must be positive")
-        if rate != self.cfg.sample_rate:
-            x = resample(x, rate, self.cfg.sample_rate)
-        channels = self.cfg.vae.audio_channels
-        if x.shape[1] != channels:
-            x = x.mean(dim=1, keepdim=True) if channels == 1 else x.repeat(1, channels, 1)
         x = x.expand(B, channels, -1)
         x = x[..., :n_samples]
         return torch.nn.functional.pad(x, (0, n_samples - x.shape[-1])).to(self.device)

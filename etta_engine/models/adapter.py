@@ -239,6 +239,12 @@ class AudioPrompt:
     scale: float = 1.0
     impl: str = "auto"
 
+    def check(self, dit: DiTConfig, batch: int) -> None:
+        """Raise unless this prompt fits a DiT with config ``dit`` evaluating ``batch`` rows."""
+        self.adapter.cfg.check_dit(dit)
+        if self.tokens.shape[0] != batch:
+            raise ValueError(f"the audio prompt has {self.tokens.shape[0]} rows for a batch of {batch}")
+
     def layer(self, i: int) -> Callable[[torch.Tensor], torch.Tensor]:
         gated = self.adapter.layers[i]
         return lambda x: gated(x, self.tokens, self.scale, self.impl)

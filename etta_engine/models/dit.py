@@ -257,8 +257,8 @@ class DiT(nn.Module):
         """``audio``: an audio prompt (:meth:`etta_engine.models.adapter.AudioAdapter.prompt`) whose gated
         cross-attention runs in every block; None: the text-only model."""
         self.check_inputs(x, t, context, context_mask, global_cond)
-        if audio is not None and audio.tokens.shape[0] != x.shape[0]:
-            raise ValueError(f"the audio prompt has {audio.tokens.shape[0]} rows for a batch of {x.shape[0]}")
+        if audio is not None:
+            audio.check(self.cfg, x.shape[0])
         memory = self.cond_embed(context)  # (B, L, Dc)
         c_act = F.silu(self.conditioning(t, global_cond))  # (B, D), shared by every adaLN
         x = x.transpose(1, 2)  # (B, T, C)
