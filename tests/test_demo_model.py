@@ -23,9 +23,10 @@ from etta_engine.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {"nfe": 8, "solver": "heun", "cfg_scale": 3.5}
-# The shipped model scores 0.495 on these 24 prompts at FAST settings (0.503 on 96 prompts) and the untrained
-# demo preset 0.194 (measured when the weights were shipped); the bar sits between them.
-MIN_ACCURACY = 0.40
+# The shipped model scores 0.602 on these 24 prompts at FAST settings (0.586 on 96 prompts; the previous model,
+# trained for half the DiT steps, 0.495 and 0.503) and the untrained demo preset 0.194 (measured when the weights
+# were shipped). The bar sits between them, low enough for another platform's float rounding to keep it.
+MIN_ACCURACY = 0.45
 
 
 @pytest.fixture(scope="module")

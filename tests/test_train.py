@@ -21,7 +21,7 @@ from etta_engine.checkpoint import CheckpointError
 from etta_engine.data import AudioTextDataset, read_manifest
 from etta_engine.train import common
 from etta_engine.train.cache import CacheConfig, LatentCache, build_cache
-from etta_engine.train.dit import DiTTrainConfig, FlowModel, train_dit
+from etta_engine.train.dit import DiTTrainConfig, DiTTrainer, FlowModel, train_dit
 from etta_engine.train.vae import VAETrainConfig, train_vae
 
 SECONDS = 0.5  # crops of 22050 samples: 10 latent frames
@@ -213,6 +213,73 @@ def test_dit_resume_is_bit_identical(cache, tmp_path, precision):
     cfg = dit_config(cache, split, max_steps=8, precision=precision, activation_checkpointing=True)
     train_dit(dataclasses.replace(cfg, resume=str(split / "checkpoints")), False)
     assert_same_checkpoints(straight / "checkpoints" / "step_0000008.pt", split / "checkpoints" / "step_0000008.pt")
+
+
+def text_encoder_state(model: E.ETTAModel) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if k.startswith("text_encoder.")}
+
+
+def test_train_text_encoder_trains_the_t5_on_the_cached_captions_and_exports_its_ema(cache, tmp_path):
+    trainer = DiTTrainer(
+        dit_config(cache, tmp_path / "probe", train_text_encoder=True), common.Dist(0, 1, torch.device("cpu"))
+    )
+    indices = [3, 1, 7]
+    batch = trainer._batch(indices)
+    assert batch["text"].dtype == torch.int64 and batch["text"].shape == (3, trainer.base.cfg.text.max_length)
+    cached = LatentCache(cache).get(indices)
+    assert torch.equal(batch["text_mask"], cached["text_mask"])
+    with torch.no_grad():  # the ids of item i are its caption's: the T5 reproduces the cached embeddings (bf16)
+        encoded = trainer.base.text_encoder.encode(batch["text"], batch["text_mask"])
+    assert (encoded - cached["text"].float()).abs().max() < 0.05
+
+    base = E.ETTAModel.from_preset("tiny")
+    frozen = E.load(train_dit(dit_config(cache, tmp_path / "frozen", max_steps=4), False))
+    trained = E.load(train_dit(dit_config(cache, tmp_path / "trained", max_steps=4, train_text_encoder=True), False))
+    assert all(torch.equal(v, text_encoder_state(base)[k]) for k, v in text_encoder_state(frozen).items())
+    changed = [k for k, v in text_encoder_state(trained).items() if not torch.equal(v, text_encoder_state(base)[k])]
+    assert len(changed) > 5  # attention, feed-forward and embedding weights moved
+    ema = torch.load(tmp_path / "trained" / "checkpoints" / "step_0000004.pt", weights_only=True)["ema"]
+    for k, v in text_encoder_state(trained).items():
+        assert torch.equal(v, ema[k]), k  # the exported T5 is the EMA's
+    assert not trained.text_encoder.model.training and not any(
+        p.requires_grad for p in trained.text_encoder.parameters()
+    )
+    prompt = ["a steady tone at 220 hertz"]
+    assert not torch.equal(trained.text_encoder(prompt)[0], frozen.text_encoder(prompt)[0])
+
+
+def test_train_text_encoder_resumes_bit_identically(cache, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train_dit(dit_config(cache, straight, max_steps=8, train_text_encoder=True), False)
+    train_dit(dit_config(cache, split, max_steps=4, train_text_encoder=True), False)
+    cfg = dit_config(cache, split, max_steps=8, train_text_encoder=True, resume=str(split / "checkpoints"))
+    train_dit(cfg, False)
+    assert_same_checkpoints(straight / "checkpoints" / "step_0000008.pt", split / "checkpoints" / "step_0000008.pt")
+
+
+def test_train_text_encoder_refuses_a_pretrained_t5_and_adapter_stages(dataset, cache, tmp_path, t5_dir):
+    with pytest.raises(ValueError, match="adapter_stage 0"):
+        dit_config(cache, tmp_path / "a", adapter_stage=1, train_text_encoder=True)
+    tiny = E.PRESETS["tiny"]
+    cfg = dataclasses.replace(
+        tiny,
+        name="tiny-t5",
+        text=E.TextConfig(pretrained=os.fspath(t5_dir), dim=48, max_length=64),
+        dit=dataclasses.replace(tiny.dit, cond_dim=48, cross_heads=4, global_cond_dim=96),
+    )
+    model = E.ETTAModel(cfg)
+    model.load_text_encoder()
+    path = E.save(tmp_path / "t5model.safetensors", model)
+    t5_cache = tmp_path / "t5cache"
+    build_cache(
+        CacheConfig(
+            manifest=str(dataset), out=str(t5_cache), model=str(path), seconds=SECONDS, text_encoder=str(t5_dir)
+        ),
+        progress=False,
+    )
+    run = dit_config(t5_cache, tmp_path / "t5run", model=str(path), text_encoder=str(t5_dir), train_text_encoder=True)
+    with pytest.raises(ValueError, match="pretrained T5"):
+        train_dit(run, False)
 
 
 def test_resume_refuses_a_different_config(cache, tmp_path):

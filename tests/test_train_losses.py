@@ -7,8 +7,10 @@ import pytest
 import torch
 from conftest import rel_err
 
+from etta_engine.train.common import check_resume_config
 from etta_engine.train.losses import (
     MultiResolutionSTFTLoss,
+    MultiScaleMelLoss,
     MultiScaleSTFTDiscriminator,
     SumAndDifferenceSTFTLoss,
     VAELosses,
@@ -16,6 +18,7 @@ from etta_engine.train.losses import (
     feature_matching_loss,
     hinge_discriminator_loss,
     hinge_generator_loss,
+    mel_filterbank,
 )
 
 SMALL_D = dict(n_ffts=(256, 128, 64), hop_lengths=(64, 32, 16), win_lengths=(256, 128, 64))
@@ -272,7 +275,8 @@ def test_generator_loss_parts_and_weighted_total():
     pred = (target + 0.3 * torch.randn_like(target)).requires_grad_()
     kl = torch.tensor(12.0)
     total, parts = losses.generator_loss(pred, target, kl)
-    assert set(parts) == {"mrstft", "adversarial", "feature_matching", "kl"}
+    assert set(parts) == {"mrstft", "adversarial", "feature_matching", "kl", "mel"}
+    assert parts["mel"] == 0  # weight 0: not computed
     assert all(v.ndim == 0 and not v.requires_grad and v.dtype == torch.float32 for v in parts.values())
     fake_logits, fake_features = losses.discriminator(pred)
     _, real_features = losses.discriminator(target)
@@ -359,3 +363,77 @@ def test_mono_targets_keep_the_difference_loss_bounded_and_pull_towards_mono():
     diff = pred[:, 0] - pred[:, 1]
     stepped = pred.detach() - 1e-3 * pred.grad
     assert (stepped[:, 0] - stepped[:, 1]).norm() < diff.norm()
+
+
+# ------------------------------------------------------------------ the multi-scale mel loss
+
+
+def numpy_mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int) -> np.ndarray:
+    """HTK triangles written out: centres equally spaced in mel, each filter linear between its neighbours."""
+    to_mel = lambda f: 2595 * np.log10(1 + f / 700)
+    to_hz = lambda m: 700 * (10 ** (m / 2595) - 1)
+    edges = to_hz(np.linspace(0, to_mel(sample_rate / 2), n_mels + 2))
+    bins = np.linspace(0, sample_rate / 2, n_freqs)
+    return np.stack([np.interp(bins, edges[m : m + 3], [0, 1, 0], left=0, right=0) for m in range(n_mels)])
+
+
+def test_mel_filterbank_matches_numpy_triangles_and_sums_to_one_inside():
+    fb = mel_filterbank(257, 40, 8000)
+    ref = numpy_mel_filterbank(257, 40, 8000)
+    assert fb.shape == (40, 257)
+    assert np.abs(fb.numpy() - ref).max() < 1e-6
+    centres = 700 * (10 ** (np.linspace(0, 2595 * np.log10(1 + 4000 / 700), 42)[1:-1] / 2595) - 1)
+    bins = np.linspace(0, 4000, 257)
+    inside = (bins >= centres[0]) & (bins <= centres[-1])
+    assert np.allclose(fb.sum(0).numpy()[inside], 1.0, atol=1e-6)  # neighbours overlap into a partition of unity
+
+
+def test_mel_loss_matches_a_numpy_reference():
+    pred, target = torch.randn(2, 1, 700), torch.randn(2, 1, 700)
+    loss = MultiScaleMelLoss(8000, win_lengths=(64, 128), n_mels=(10, 20), eps=1e-5)
+    expected = []
+    for w, m in ((64, 10), (128, 20)):
+        fb = numpy_mel_filterbank(w // 2 + 1, m, 8000)
+        mel = [
+            fb @ np.abs(numpy_stft(x.double().reshape(2, -1).numpy(), w, w // 4, w, True)) ** 2 for x in (pred, target)
+        ]
+        expected.append(np.abs(np.log10(np.maximum(mel[0], 1e-5)) - np.log10(np.maximum(mel[1], 1e-5))).mean())
+    assert abs(loss(pred, target).item() - np.mean(expected)) < 1e-5 * np.mean(expected)
+
+
+def test_mel_loss_prefers_a_nearly_right_tone_to_silence_where_the_mrstft_does_not():
+    """Why the mel term exists: under a fine STFT a tone 5 % off its frequency costs more than silence, so a
+    small VAE learns to drop tones it cannot yet place exactly; the mel bands give it partial credit."""
+    t = torch.arange(8192) / 8000
+    tone = lambda f: (0.5 * torch.sin(2 * torch.pi * f * t))[None, None]
+    target, near, silence = tone(1500.0), tone(1575.0), torch.zeros(1, 1, 8192)
+    mel, mrstft = MultiScaleMelLoss(8000), MultiResolutionSTFTLoss(eps=1e-3)
+    assert mel(near, target) < 0.75 * mel(silence, target)
+    assert mrstft(near, target) > mrstft(silence, target)
+    assert mel(target, target) == 0
+
+
+def test_mel_weight_enters_the_total_and_needs_the_sample_rate():
+    with pytest.raises(ValueError, match="sample_rate"):
+        VAELosses(VAELossWeights(adversarial=0.0, feature_matching=0.0, mel=2.0))
+    losses = VAELosses(
+        VAELossWeights(mrstft=1.0, adversarial=0.0, feature_matching=0.0, kl=0.0, mel=2.0), sample_rate=8000
+    )
+    target = torch.randn(1, 1, 4096)
+    pred = (target + 0.3 * torch.randn_like(target)).requires_grad_()
+    total, parts = losses.generator_loss(pred, target, torch.tensor(0.0))
+    assert rel_err(parts["mel"], MultiScaleMelLoss(8000)(pred, target)) < 1e-6 and parts["mel"] > 0
+    assert rel_err(total, parts["mrstft"] + 2.0 * parts["mel"]) < 1e-6
+    with pytest.raises(ValueError, match="win_lengths"):
+        MultiScaleMelLoss(8000, win_lengths=(64,), n_mels=(10, 20))
+    with pytest.raises(ValueError, match="too short"):
+        MultiScaleMelLoss(8000)(torch.zeros(1, 1, 512), torch.zeros(1, 1, 512))
+
+
+def test_resume_counts_a_setting_added_later_as_its_default():
+    saved = {"lr": 1e-3, "max_steps": 10}
+    check_resume_config(
+        saved, {"lr": 1e-3, "max_steps": 20, "mel_weight": 0.0}, {"max_steps"}, "ck", {"mel_weight": 0.0}
+    )
+    with pytest.raises(Exception, match="mel_weight"):
+        check_resume_config(saved, {"lr": 1e-3, "max_steps": 10, "mel_weight": 15.0}, set(), "ck", {"mel_weight": 0.0})

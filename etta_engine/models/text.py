@@ -1,4 +1,5 @@
-"""The frozen T5 text encoder: prompts -> token embeddings (B, max_length, dim) and mask.
+"""The T5 text encoder: prompts -> token embeddings (B, max_length, dim) and mask (frozen, except when a
+small preset's random T5 is trained with the DiT: ``etta train dit --train-text-encoder``).
 
 A pretrained T5 is loaded with ``transformers`` from a local directory (or the local Hugging Face
 cache) and never downloaded. Small presets use a randomly initialised T5 with a byte-level (ByT5)
@@ -99,9 +100,14 @@ class T5TextEncoder(nn.Module):
         enc = self.tokenizer(list(prompts), padding="max_length", max_length=L, truncation=True, return_tensors="pt")
         return enc["input_ids"], enc["attention_mask"].bool()
 
+    def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, L) and mask (B, L) bool -> embeddings (B, L, dim) fp32, padding zeroed. Differentiable:
+        training with ``--train-text-encoder`` calls it on the T5 it trains."""
+        hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # (B, L, dim)
+        return hidden.float() * mask[..., None]
+
     @torch.no_grad()
     def forward(self, prompts: Sequence[str], truncate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self.tokenize(prompts, truncate)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # (B, L, dim)
-        return hidden.float() * mask[..., None], mask
+        return self.encode(ids, mask), mask

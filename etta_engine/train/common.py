@@ -256,9 +256,13 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def check_resume_config(saved: dict, current: dict, resumable: set[str], source: Path) -> None:
+def check_resume_config(
+    saved: dict, current: dict, resumable: set[str], source: Path, defaults: dict | None = None
+) -> None:
     """Raise if the run being resumed was started with different settings (apart from ``resumable``
-    ones such as max_steps), naming every difference."""
+    ones such as max_steps), naming every difference. A setting the checkpoint lacks (one added to the
+    config after it was written) counts as its value in ``defaults``, the settings it could not have changed."""
+    saved = {**{k: v for k, v in (defaults or {}).items() if k not in saved}, **saved}
     diffs = [
         f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}"
         for k in sorted(set(saved) | set(current))
@@ -444,7 +448,8 @@ class Trainer:
         state = load_training_checkpoint(path)
         if state.get("kind") != self.kind:
             raise CheckpointError(f"{path} is a {state.get('kind')!r} training checkpoint, not a {self.kind!r} one")
-        check_resume_config(state["config"], _plain(self.cfg), self.resumable, path)
+        defaults = {f.name: f.default for f in dataclasses.fields(self.cfg) if f.default is not dataclasses.MISSING}
+        check_resume_config(state["config"], _plain(self.cfg), self.resumable, path, json.loads(json.dumps(defaults)))
         if state["world_size"] != self.d.world_size:
             raise CheckpointError(
                 f"cannot resume from {path} on {self.d.world_size} ranks: it was written by {state['world_size']} "

@@ -13,6 +13,7 @@ slice: a run on 2 ranks x b steps like 1 rank x 2b, and a resumed run like the u
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from etta_engine.models.adapter import AudioAdapter
 from etta_engine.models.conditioning import Conditioner
 from etta_engine.models.dit import DiT
 from etta_engine.models.model import ETTAModel
+from etta_engine.models.text import T5TextEncoder
 from etta_engine.train.adapter import AdapterFlowModel, cached_embeddings, stage_adapter, trained_names
 from etta_engine.train.cache import LatentCache, encoders_digest
 from etta_engine.train.common import (
@@ -100,6 +102,9 @@ class DiTTrainConfig:
     adapter_groups: int = 4
     lora_rank: int = 16  # stage 2
     lora_alpha: float = 16.0
+    # Train the model's own random T5 (small presets; it is saved with the model) with the DiT, on the cache's
+    # captions instead of its text embeddings. A pretrained T5 (the etta preset) stays frozen.
+    train_text_encoder: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -120,6 +125,8 @@ class DiTTrainConfig:
             raise ValueError("adapter is a previous stage's checkpoint: it needs adapter_stage 1, 2 or 3")
         if not 0.0 <= self.audio_dropout <= 1.0:
             raise ValueError(f"audio_dropout={self.audio_dropout} is outside [0, 1]")
+        if self.adapter_stage and self.train_text_encoder:
+            raise ValueError("adapter stages keep the base model frozen: train_text_encoder needs adapter_stage 0")
         if self.adapter_stage and self.strategy == "fsdp":
             raise ValueError("adapter stages train a few million parameters: use strategy='ddp'")
         if self.lr <= 0 or self.grad_clip < 0 or self.t_std <= 0:
@@ -146,18 +153,22 @@ RESUMABLE = frozenset(
 
 
 class FlowModel(nn.Module):
-    """The trained part of a text-to-audio model: the DiT and the number conditioners.
+    """The trained part of a text-to-audio model: the DiT and the number conditioners (and the text encoder).
 
     forward(x_t, t, text, text_mask, seconds_start, seconds_total, drop) -> velocity; ``drop`` (B,) bool
-    replaces the whole memory of those items with zeros (the official null conditioning, mask kept).
+    replaces the whole memory of those items with zeros (the official null conditioning, mask kept). ``text``
+    is the cached embeddings (B, L, D), or token ids (B, L) when the flow model holds a ``text_encoder``.
     """
 
-    def __init__(self, dit: DiT, conditioner: Conditioner) -> None:
+    def __init__(self, dit: DiT, conditioner: Conditioner, text_encoder: T5TextEncoder | None = None) -> None:
         super().__init__()
         self.dit = dit
         self.conditioner = conditioner
+        self.text_encoder = text_encoder
 
     def forward(self, x_t, t, text, text_mask, seconds_start, seconds_total, drop) -> torch.Tensor:
+        if self.text_encoder is not None:
+            text = self.text_encoder.encode(text, text_mask)
         cond = self.conditioner(text, text_mask, {"seconds_start": seconds_start, "seconds_total": seconds_total})
         context = cond.context.masked_fill(drop[:, None, None], 0.0)
         return self.dit(x_t, t, context, cond.context_mask, cond.global_cond)
@@ -197,7 +208,8 @@ def flow_matching_loss(
         audio_drop = (torch.rand(G, generator=g) < cfg.audio_dropout)[mine]
         extra = [batch["audio_embedding"].to(device), audio_drop.to(device)]
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        pred = model(x_t, t, batch["text"].to(device, torch.float32), *conditioning, drop, *extra)
+        text = batch["text"].to(device)  # embeddings, or token ids with train_text_encoder
+        pred = model(x_t, t, text.float() if text.is_floating_point() else text, *conditioning, drop, *extra)
     return F.mse_loss(pred.float(), target.float())
 
 
@@ -230,8 +242,22 @@ class DiTTrainer(Trainer):
         if cfg.batch_size > len(self.cache):
             raise ValueError(f"batch_size={cfg.batch_size} exceeds the {len(self.cache)} cached items")
 
+        self.text_ids = None
+        text_encoder = None
+        if cfg.train_text_encoder:
+            if not self.base.saves_text_encoder:
+                raise ValueError(
+                    f"train_text_encoder: {cfg.model!r} uses the pretrained T5 {self.base.cfg.text.pretrained!r}, "
+                    "which is loaded separately and never saved with the model; only a preset's own random T5 "
+                    "(text.pretrained None) can be trained"
+                )
+            text_encoder = self.base.text_encoder
+            text_encoder.model.requires_grad_(True)
+            truncate = bool(self.cache.index["settings"].get("truncate", False))
+            self.text_ids = text_encoder.tokenize(self.cache.captions, truncate=truncate)  # (N, L) ids and mask
+
         seed_everything(cfg.seed, d.rank)
-        flow_model = FlowModel(self.base.dit, self.base.conditioner).to(d.device).train()
+        flow_model = FlowModel(self.base.dit, self.base.conditioner, text_encoder).to(d.device).train()
         flow_model.dit.activation_checkpointing = cfg.activation_checkpointing
         self.adapter = None
         if cfg.adapter_stage:
@@ -275,6 +301,9 @@ class DiTTrainer(Trainer):
     def _batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
         """Cache items, with their audio embeddings when training an adapter."""
         batch = self.cache.get(indices)
+        if self.text_ids is not None:  # the T5 being trained encodes the captions itself
+            ids, mask = self.text_ids
+            batch["text"], batch["text_mask"] = ids[indices], mask[indices]
         if self.cfg.adapter_stage:
             batch["audio_embedding"] = cached_embeddings(self.cfg.audio_provider, self.base, batch)
         return batch
@@ -345,7 +374,14 @@ class DiTTrainer(Trainer):
         sd = full_state_dict(self.ema.module)
         if not self.d.main:
             return None
-        model = ETTAModel(self.base.cfg, text_encoder=self.base.text_encoder)
+        text_encoder = self.base.text_encoder
+        if self.cfg.train_text_encoder:  # the base's T5 is the one being trained: the EMA weights go to a copy
+            text_encoder = copy.deepcopy(text_encoder).eval().requires_grad_(False)
+            text_encoder.load_state_dict(
+                {k[len("text_encoder.") :]: v for k, v in sd.items() if k.startswith("text_encoder.")}
+            )
+            text_encoder.model.tie_weights()
+        model = ETTAModel(self.base.cfg, text_encoder=text_encoder)
         model.vae.load_state_dict(self.base.vae.state_dict())
         model.dit.load_state_dict({k[len("dit.") :]: v for k, v in sd.items() if k.startswith("dit.")})
         conditioner = {k[len("conditioner.") :]: v for k, v in sd.items() if k.startswith("conditioner.")}

@@ -7,6 +7,10 @@ the hinge loss (generator weight 0.1) plus feature matching (5.0), and the bottl
     L_G = 1.0 * mrstft + 0.1 * sum_k -mean(D_k(pred)) + 5.0 * fm(D(target), D(pred)) + 1e-4 * kl
     L_D = sum_k mean(relu(1 - D_k(target))) + mean(relu(1 + D_k(pred)))
 
+An optional multi-scale log-mel term (``mel``, weight 0 in the ETTA recipe; DAC's vocoder loss) gives
+pitched sounds a wide basin: a tone a few percent off its frequency shares the target's mel bands, while
+under a fine STFT it scores worse than silence.
+
 Audio is (B, C, S) throughout; spectra are computed in fp32 whatever the input dtype.
 """
 
@@ -116,6 +120,74 @@ class MultiResolutionSTFTLoss(nn.Module):
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """pred, target (B, C, S) -> 0-dim fp32 loss."""
         return torch.stack([sc + log_mag for sc, log_mag in self.terms(pred, target)]).mean()
+
+
+def hz_to_mel(f: torch.Tensor | float) -> torch.Tensor:
+    """The HTK mel scale: ``2595 log10(1 + f / 700)``."""
+    return 2595.0 * torch.log10(1.0 + torch.as_tensor(f, dtype=torch.float64) / 700.0)
+
+
+def mel_to_hz(m: torch.Tensor) -> torch.Tensor:
+    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+
+def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None):
+    """Triangular HTK mel filters (n_mels, n_freqs) over the bins of a one-sided spectrum (unnormalised, so
+    neighbouring filters sum to 1 between the first and the last centre frequency)."""
+    f_max = sample_rate / 2 if f_max is None else f_max
+    if n_freqs < 2 or n_mels < 1 or not 0.0 <= f_min < f_max <= sample_rate / 2:
+        raise ValueError(
+            f"mel filterbank needs n_freqs >= 2, n_mels >= 1 and 0 <= f_min < f_max <= sample_rate / 2; got "
+            f"n_freqs={n_freqs}, n_mels={n_mels}, f_min={f_min}, f_max={f_max}, sample_rate={sample_rate}"
+        )
+    bins = torch.linspace(0.0, sample_rate / 2, n_freqs, dtype=torch.float64)  # (F,)
+    edges = mel_to_hz(torch.linspace(float(hz_to_mel(f_min)), float(hz_to_mel(f_max)), n_mels + 2, dtype=torch.float64))
+    lo, centre, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]  # (M, 1) each
+    rising = (bins[None] - lo) / (centre - lo)
+    falling = (hi - bins[None]) / (hi - centre)
+    return torch.minimum(rising, falling).clamp_min(0.0).float()  # (M, F)
+
+
+class MultiScaleMelLoss(nn.Module):
+    """Mean over scales of ``mean |log10(max(P_mel, eps)) - log10(max(T_mel, eps))|`` with the mel spectra of
+    the power spectrum ``|STFT|^2`` (window w, hop w / 4, ``n_mels`` filters per scale), as DAC's mel loss.
+
+    Channels are independent signals; pred, target (B, C, S). Scales whose mel filters would be narrower than
+    the STFT's bins keep fewer filters (at most ``n_fft // 4``).
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        win_lengths: Sequence[int] = (32, 64, 128, 256, 512, 1024, 2048),
+        n_mels: Sequence[int] = (5, 10, 20, 40, 80, 160, 320),
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if len(win_lengths) != len(n_mels) or not win_lengths:
+            raise ValueError(f"win_lengths {tuple(win_lengths)} and n_mels {tuple(n_mels)} need equal, non-zero length")
+        if not (eps > 0 and math.isfinite(eps)):
+            raise ValueError(f"eps={eps} must be a positive finite number")
+        self.sample_rate, self.win_lengths, self.eps = sample_rate, tuple(win_lengths), eps
+        for w, m in zip(win_lengths, n_mels, strict=True):
+            self.register_buffer(f"fb_{w}", mel_filterbank(w // 2 + 1, min(m, w // 4), sample_rate), persistent=False)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _check_pair(pred, target)
+        S = pred.shape[-1]
+        if S <= max(self.win_lengths) // 2:
+            longest = max(self.win_lengths)
+            raise ValueError(f"signal length S={S} is too short for window {longest}: it needs S > {longest // 2}")
+        losses = []
+        with torch.autocast(device_type=pred.device.type, enabled=False):
+            p, t = pred.float().reshape(-1, S), target.float().reshape(-1, S)
+            for w in self.win_lengths:
+                fb = getattr(self, f"fb_{w}")  # (M, F)
+                p_mel = fb @ stft_magnitude(p, w, w // 4, w).square()  # (B*C, M, frames)
+                t_mel = fb @ stft_magnitude(t, w, w // 4, w).square()
+                diff = torch.log10(p_mel.clamp_min(self.eps)) - torch.log10(t_mel.clamp_min(self.eps))
+                losses.append(diff.abs().mean())
+        return torch.stack(losses).mean()
 
 
 class SumAndDifferenceSTFTLoss(nn.Module):
@@ -350,6 +422,7 @@ class VAELossWeights:
     adversarial: float = 0.1
     feature_matching: float = 5.0
     kl: float = 1e-4
+    mel: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -364,8 +437,9 @@ class VAELosses(nn.Module):
     ``generator_loss`` also sends gradients into the discriminator's parameters (through ``D(pred)``):
     the trainer steps only the VAE's optimiser on it and zeroes the discriminator's gradients before
     ``discriminator_loss``'s step. ``spectral_eps`` is the MR-STFT's log-magnitude floor (raise it for
-    synthetic audio with digital silence, whose empty bins would otherwise dominate the loss). Keyword
-    arguments beyond these go to :class:`MultiScaleSTFTDiscriminator`.
+    synthetic audio with digital silence, whose empty bins would otherwise dominate the loss). A non-zero
+    ``weights.mel`` needs the audio's ``sample_rate`` for its filters. Keyword arguments beyond these go to
+    :class:`MultiScaleSTFTDiscriminator`.
     """
 
     def __init__(
@@ -373,11 +447,15 @@ class VAELosses(nn.Module):
         weights: VAELossWeights | None = None,
         discriminator_filters: int = 64,
         spectral_eps: float = 1e-8,
+        sample_rate: int | None = None,
         **discriminator_kwargs,
     ) -> None:
         super().__init__()
         self.weights = VAELossWeights() if weights is None else weights
         self.spectral = SumAndDifferenceSTFTLoss(eps=spectral_eps)
+        if self.weights.mel and sample_rate is None:
+            raise ValueError(f"the mel loss (weight {self.weights.mel}) needs the audio's sample_rate")
+        self.mel = MultiScaleMelLoss(sample_rate) if self.weights.mel else None
         self.discriminator = MultiScaleSTFTDiscriminator(filters=discriminator_filters, **discriminator_kwargs)
 
     @property
@@ -391,7 +469,7 @@ class VAELosses(nn.Module):
         """pred, target (B, 2, S); kl 0-dim -> (total, parts), parts detached, keyed by the weight names.
 
         ``total = w.mrstft * mrstft + w.adversarial * sum_k -mean(D_k(pred))
-        + w.feature_matching * fm(D(target), D(pred)) + w.kl * kl``.
+        + w.feature_matching * fm(D(target), D(pred)) + w.kl * kl + w.mel * mel``.
         """
         check_tensor("kl", kl, 0)
         w = self.weights
@@ -404,8 +482,10 @@ class VAELosses(nn.Module):
             matching = feature_matching_loss(real.features, fake.features)
         else:
             adversarial = matching = spectral.new_zeros(())
+        mel = self.mel(pred, target) if self.mel is not None and w.mel else spectral.new_zeros(())
         total = w.mrstft * spectral + w.adversarial * adversarial + w.feature_matching * matching + w.kl * kl
-        parts = {"mrstft": spectral, "adversarial": adversarial, "feature_matching": matching, "kl": kl}
+        total = total + w.mel * mel
+        parts = {"mrstft": spectral, "adversarial": adversarial, "feature_matching": matching, "kl": kl, "mel": mel}
         return total, {k: v.detach().float() for k, v in parts.items()}
 
     def discriminator_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -66,6 +66,7 @@ class VAETrainConfig:
     adversarial_weight: float = 0.1
     feature_matching_weight: float = 5.0
     kl_weight: float = 1e-4
+    mel_weight: float = 0.0  # multi-scale log-mel L1 (DAC's; not in the ETTA recipe)
     spectral_eps: float = 1e-8  # log-magnitude floor of the MR-STFT loss (1e-3 for audio with digital silence)
     adversarial_start: int = 0  # steps of spectral + KL training before the discriminator joins
     discriminator_filters: int = 64
@@ -96,7 +97,9 @@ class VAETrainConfig:
             raise ValueError("lr and disc_lr must be > 0, grad_clip and adversarial_start >= 0")
 
     def loss_weights(self) -> VAELossWeights:
-        return VAELossWeights(self.mrstft_weight, self.adversarial_weight, self.feature_matching_weight, self.kl_weight)
+        return VAELossWeights(
+            self.mrstft_weight, self.adversarial_weight, self.feature_matching_weight, self.kl_weight, self.mel_weight
+        )
 
 
 RESUMABLE = frozenset(
@@ -126,7 +129,7 @@ def train_vae(cfg: VAETrainConfig, progress: bool = True) -> Path:
 class VAETrainer(Trainer):
     kind = "vae"
     resumable = RESUMABLE
-    metrics = ("loss", "mrstft", "adversarial", "feature_matching", "kl", "disc_loss", "grad_norm")
+    metrics = ("loss", "mrstft", "mel", "adversarial", "feature_matching", "kl", "disc_loss", "grad_norm")
 
     def __init__(self, cfg: VAETrainConfig, d: Dist) -> None:
         super().__init__(cfg, d)
@@ -134,7 +137,9 @@ class VAETrainer(Trainer):
         self.vae = load_vae(cfg.model).to(d.device).train()
         sr = cfg.sample_rate
         channels = self.vae.cfg.audio_channels
-        self.losses = VAELosses(cfg.loss_weights(), cfg.discriminator_filters, cfg.spectral_eps, in_channels=channels)
+        self.losses = VAELosses(
+            cfg.loss_weights(), cfg.discriminator_filters, cfg.spectral_eps, sample_rate=sr, in_channels=channels
+        )
         self.losses = self.losses.to(d.device).train()
         self.ema = EMA(ema_copy(self.vae).eval(), cfg.ema_beta, cfg.ema_power)
         adam = dict(betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -220,7 +225,7 @@ class VAETrainer(Trainer):
             recon, kl = self._reconstruct(audio)
             weights = self.losses.weights
             if not adversarial:  # warm-up: spectral and KL terms only
-                self.losses.weights = VAELossWeights(weights.mrstft, 0.0, 0.0, weights.kl)
+                self.losses.weights = replace(weights, adversarial=0.0, feature_matching=0.0)
             try:
                 loss, parts = self.losses.generator_loss(recon, audio, kl)
             finally:
