@@ -46,6 +46,15 @@ def _check_resolutions(fft_sizes: Sequence[int], hop_sizes: Sequence[int], win_l
             raise ValueError(f"window length {win} exceeds its fft size {n_fft}; allowed: 1 <= win <= fft")
 
 
+def _check_length(S: int, longest: int) -> None:
+    """Centred STFT frames reflect-pad ``longest // 2`` samples, which needs a signal longer than that."""
+    if S <= longest // 2:
+        raise ValueError(
+            f"signal length S={S} is too short for fft size {longest}: centred frames reflect-pad "
+            f"{longest // 2} samples, which needs S > {longest // 2}"
+        )
+
+
 def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
     check_tensor("pred", pred, 3)
     check_tensor("target", target, 3)
@@ -96,12 +105,7 @@ class MultiResolutionSTFTLoss(nn.Module):
         """``[(sc_r, log_mag_r)]`` per resolution, 0-dim fp32 tensors; pred, target (B, C, S)."""
         _check_pair(pred, target)
         S = pred.shape[-1]
-        longest = max(self.fft_sizes)
-        if S <= longest // 2:
-            raise ValueError(
-                f"signal length S={S} is too short for fft size {longest}: centred frames reflect-pad "
-                f"{longest // 2} samples, which needs S > {longest // 2}"
-            )
+        _check_length(S, max(self.fft_sizes))
         out = []
         with torch.autocast(device_type=pred.device.type, enabled=False):
             p, t = pred.float().reshape(-1, S), target.float().reshape(-1, S)  # (B*C, S)
@@ -175,9 +179,7 @@ class MultiScaleMelLoss(nn.Module):
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _check_pair(pred, target)
         S = pred.shape[-1]
-        if S <= max(self.win_lengths) // 2:
-            longest = max(self.win_lengths)
-            raise ValueError(f"signal length S={S} is too short for window {longest}: it needs S > {longest // 2}")
+        _check_length(S, max(self.win_lengths))
         losses = []
         with torch.autocast(device_type=pred.device.type, enabled=False):
             p, t = pred.float().reshape(-1, S), target.float().reshape(-1, S)
