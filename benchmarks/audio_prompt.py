@@ -3,8 +3,8 @@
     python benchmarks/audio_prompt.py --adapter runs/demo_adapter/stage1/adapter.safetensors
 
 Two experiments, each with a text prompt that leaves one attribute open and audio prompts that fix it:
-- pitch: text "a tone", audio prompts = low (180-320 Hz) or medium (450-750 Hz) sine tones from the synthesizer
-  (``high_pitch``: low or high, 1.1-1.8 kHz, which the demo VAE's encoder barely passes);
+- pitch: text "a tone", audio prompts = low or medium sine tones from the synthesizer (``PITCH_BANDS``;
+  ``high_pitch``: low or high);
 - kind: text "a sound", audio prompts = a tone or white noise.
 For every audio prompt scale (0 = the text-only model), the rows give how often the analyzer finds the prompt's
 value of the attribute in the generated clip, and (pitch) the mean dominant frequency per prompt class. Rows go to

@@ -19,6 +19,7 @@ import torch
 from _common import environment, pyplot, save_figure, write_results
 from tqdm.auto import tqdm
 
+from etta_engine.checkpoint import model_reference
 from etta_engine.demo.evaluate import EVALUATION_SEED, adherence, evaluation_prompts, reconstruction_adherence
 from etta_engine.pipeline import Pipeline
 from etta_engine.sampling import SOLVERS, steps_for
@@ -118,7 +119,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    env = environment(device)
+    env = environment(device) | {"model": args.model, "model_sha256": model_reference(args.model)[1]}
     rows = run(args, lambda rows: write_results("demo_quality", env, rows, args.out))
     path = write_results("demo_quality", env, rows, args.out)
     print(f"wrote {path} and {plot(path)}")

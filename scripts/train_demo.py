@@ -1,6 +1,6 @@
 """Reproduce the shipped demo model (etta_engine/assets/demo.safetensors) end to end with the project's commands.
 
-    .venv/bin/python scripts/train_demo.py runs/demo                 # CPU: about 2.5 hours on one core
+    .venv/bin/python scripts/train_demo.py runs/demo --threads 2     # CPU: about 1.7 hours on two cores
     .venv/bin/python scripts/train_demo.py runs/demo --device cuda   # a GPU: minutes
 
 Stages (each is skipped when its output already exists, so an interrupted run continues):
@@ -14,14 +14,18 @@ Stages (each is skipped when its output already exists, so an interrupted run co
           close to an L1 distance of magnitudes; stage 1 brings the latents to life first (from a random
           start, a floor of 3 leaves the decoder ignoring them within our step budget).
    vae3:  ``--model RUN/vae2/vae.safetensors --spectral-eps 0.1`` -> RUN/vae3/vae.safetensors. A floor of 3
-          ignores whatever the decoder adds below about -45 dBFS: stage 2 leaves a steady 1500 Hz hum at
-          -50 dBFS in every clip, which fills the silences, turns beeps into tones, flattens fades and reads
-          as "high" pitch for quiet sounds. A floor of 0.1 sees it, and the hum goes (below -64 dBFS).
+          ignores whatever the decoder adds below about -45 dBFS and every level difference among quiet
+          sounds: after stage 2 the silences between events carry a -68 dBFS low-frequency floor, and
+          loudness and fades are often wrong (analyzer accuracy 0.36 and 0.54). A floor of 0.1 sees them:
+          the floor drops below -80 dBFS (stages 3 and 4), loudness reaches 0.52 and then 0.96 (stage 4).
    vae4:  the same loss from RUN/vae3/vae.safetensors with the learning rate decaying as 1 / (1 + k / 1500)
           -> RUN/vae4/vae.safetensors. The analyzer's attribute accuracy on the VAE's reconstructions of the
-          evaluation clips (96 prompts): stage 2 0.57, stage 3 0.67, stage 4 0.73. What it still misses: the
-          encoder maps sounds above about 1 kHz (high tones, the top of chirps, harmonics) to the latent of
-          silence, a habit its outer blocks learned in stage 1; keeping them needs a new stage-1 recipe.
+          evaluation clips (96 prompts): stage 1 0.49, stage 2 0.81, stage 3 0.86, stage 4 0.93. What it still
+          misses is the waveform (0.32: harmonics come back in the wrong proportions). It renders tones from
+          90 Hz to about 650 Hz and nothing above 900 Hz, so the synthesizer keeps every pitched sound below
+          800 Hz (``etta_engine.demo.synth.PITCH_BANDS``). With the earlier bands (high tones at 1.1-1.8 kHz) this
+          recipe reached 0.73, failing every high prompt; VAEs trained from scratch on CPU for a few thousand
+          steps, with any of our spectral, mel or waveform losses, did not learn tones above 1 kHz.
 3. init:  the ``demo`` preset (random DiT, frozen random byte-level T5, seed 0) with the stage-4 VAE
           -> RUN/init.safetensors
 4. cache: ``etta cache --model RUN/init.safetensors``  -> RUN/cache (latents and text embeddings)
@@ -34,10 +38,10 @@ that the DiT's cross-attention learns to read. Its weights (drawn from seed 0) s
 checkpoint. ``etta train dit --train-text-encoder`` can train it with the DiT instead, but on this data it
 did worse: attribute accuracy 0.35 against 0.47 after 2000 steps (NFE 16, CFG 3.5, 64 prompts).
 
-The defaults are the settings that produced the shipped weights. Stage times on one core of an AMD EPYC
-(shared with other jobs): vae + vae2 about 30 min, vae3 6 min, vae4 8 min, cache 7 min, dit 12000 steps
-about 100 min. Accuracy of the DiT's EMA at NFE 16 on 64 prompts: 0.47 at step 2000, 0.49 at 4000, 0.54
-at 6000 (the previous shipped model), 0.56 at 12000.
+The defaults are the settings that produced the shipped weights. Stage times on an AMD EPYC (shared with other
+jobs): vae 14 min on one core; with ``--threads 2``: vae2 10 min, vae3 4 min, vae4 5 min, cache 3 min, dit 12000
+steps 61 min. Accuracy of the DiT's EMA at NFE 16 on 64 prompts: 0.54 at step 2000, 0.56 at 4000, 0.59 at 6000,
+0.65 at 12000 (with the earlier pitch bands and their VAE: 0.47, 0.49, 0.54, 0.56).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 
 The cache is the demo model's training cache (``scripts/train_demo.py`` writes it to RUN/cache): its latents were
 encoded by the demo model's VAE, and the built-in ``latent_stats`` provider turns them into the audio embeddings,
-so no extra caching is needed. Stage 1 trains the adapter alone on the frozen demo model (about 10 min on one CPU
+so no extra caching is needed. Stage 1 trains the adapter alone on the frozen demo model (about 16 min on one CPU
 core for the defaults); ``--stage3-steps`` adds a gates-only stage on top.
 """
 
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", type=Path, help="working directory")
     p.add_argument("--cache", type=Path, required=True, help="the demo model's training cache")
     p.add_argument("--model", default="demo")
-    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=2400)
     p.add_argument("--stage3-steps", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -374,16 +374,17 @@ def test_the_shipped_demo_adapter_moves_the_pitch_toward_the_audio_prompt():
     demo model renders low, medium-pitched audio prompts raise the generated pitch (benchmarks/audio_prompt.py
     measures it on more prompts)."""
     from etta_engine.checkpoint import ASSETS
-    from etta_engine.demo.analyzer import analyze
-    from etta_engine.demo.synth import SAMPLE_RATE, ClipSpec, Event, render
+    from etta_engine.demo.analyzer import PITCH_EDGES_HZ, analyze
+    from etta_engine.demo.synth import PITCH_BANDS, SAMPLE_RATE, ClipSpec, Event, render
 
     pipe = Pipeline.from_adapter(ASSETS / "demo_audio_adapter.safetensors", device="cpu")
     kw = dict(nfe=16, cfg_scale=3.5, progress=False, audio_prompt_sample_rate=SAMPLE_RATE)
-    pitch = {0.0: [], 2.0: []}
-    for i, freq in enumerate((500.0, 600.0, 700.0)):
+    pitch = {0.0: [], 4.0: []}
+    lo, hi = PITCH_BANDS["medium"]
+    for i, freq in enumerate((lo, (lo * hi) ** 0.5, hi)):
         event = Event("tone", start=0.3, duration=1.3, pitch="medium", waveform="sine", freq=freq)
         clip = render(ClipSpec((event,)), np.random.default_rng(i))
         for scale in pitch:
             audio = pipe.generate("a tone", audio_prompt=clip, audio_prompt_scale=scale, seed=i, **kw)
             pitch[scale].append(analyze(audio.waveform[0].numpy(), audio.sample_rate)[0].dominant_hz)
-    assert max(pitch[0.0]) < 380 and sum(pitch[2.0]) > 1.5 * sum(pitch[0.0]), pitch
+    assert max(pitch[0.0]) < PITCH_EDGES_HZ[0] and sum(pitch[4.0]) > 1.5 * sum(pitch[0.0]), pitch

@@ -12,9 +12,14 @@ import pytest
 
 from etta_engine.demo import analyzer
 from etta_engine.demo.analyzer import analyze, parse_caption, score
-from etta_engine.demo.synth import SAMPLE_RATE, make_example
+from etta_engine.demo.synth import PITCH_BANDS, SAMPLE_RATE, make_example
 
 SR = SAMPLE_RATE
+
+
+def middle(pitch: str) -> float:
+    """The geometric middle of a pitch word's band (Hz)."""
+    return math.sqrt(PITCH_BANDS[pitch][0] * PITCH_BANDS[pitch][1])
 
 
 def placed(x: np.ndarray, start: float = 0.2, seconds: float = 2.0) -> np.ndarray:
@@ -63,7 +68,7 @@ def test_sweep_rate_of_an_exponential_chirp():
 def test_onset_rate_of_a_pulse_train():
     rate, n_pulses = 8.0, 12
     x = np.zeros(round(1.6 * SR))
-    pulse = 0.3 * np.sin(2 * np.pi * 700 * np.arange(round(0.04 * SR)) / SR)
+    pulse = 0.3 * np.sin(2 * np.pi * middle("medium") * np.arange(round(0.04 * SR)) / SR)
     for k in range(n_pulses):
         i = round(k / rate * SR)
         x[i : i + len(pulse)] = pulse
@@ -134,7 +139,8 @@ def test_order_of_two_events():
 def test_high_beep_versus_low_beep():
     """The check the demo model's CI test relies on: pitch words map to measured dominant frequency."""
     t = np.arange(round(0.25 * SR)) / SR
-    high, low = placed(0.3 * np.sin(2 * np.pi * 1400 * t)), placed(0.3 * np.sin(2 * np.pi * 250 * t))
+    high = placed(0.3 * np.sin(2 * np.pi * middle("high") * t))
+    low = placed(0.3 * np.sin(2 * np.pi * middle("low") * t))
     assert score(high, SR, "a high beep").score == 1.0 and score(low, SR, "a high beep").score == 0.5
     assert score(low, SR, "a low beep").checks["pitch"].ok
 
@@ -162,7 +168,7 @@ def test_parse_caption():
 def test_silence_and_bad_input():
     result = score(np.zeros(SR), SR, "a high beep")
     assert result.score == 0.0 and result.measurements[0] is analyzer.SILENT
-    stereo = np.stack([placed(0.3 * np.sin(2 * np.pi * 250 * np.arange(SR) / SR))] * 2)
+    stereo = np.stack([placed(0.3 * np.sin(2 * np.pi * middle("low") * np.arange(SR) / SR))] * 2)
     assert analyze(stereo, SR)[0].pitch == "low"
     with pytest.raises(ValueError, match=r"sample_rate=2000 must be an integer >= 4000"):
         analyze(np.zeros(SR), 2000)

@@ -11,8 +11,8 @@ Measurements (numpy only), on the mono mix:
 - events: a caption with two events splits the active span at the middle of its longest interior silence
   (or at the span's middle when there is none); each part is measured on its own.
 - dominant frequency: per frame of a 64 ms Hann STFT, the peak bin in [60, 3900] Hz refined by parabolic
-  interpolation of the log power; the median over active frames. Pitch words: below 380 Hz low, below
-  910 Hz medium, else high (the geometric middles of the gaps between the generator's bands).
+  interpolation of the log power; the median over active frames. Pitch words: the boundaries are the
+  geometric middles of the gaps between the generator's bands (``PITCH_EDGES_HZ``, about 170 and 375 Hz).
 - spectral flatness: geometric over arithmetic mean of the active frames' mean power spectrum in
   [100, 3500] Hz (1 for white noise, near 0 for a tone); spectral slope: the least-squares slope of that
   spectrum in dB per decade (0 white, -10 pink).
@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from etta_engine.demo.synth import COLORS, DIRECTIONS, FADES, KINDS, LOUDNESS, PITCHES, RATES, WAVEFORMS
+from etta_engine.demo.synth import COLORS, DIRECTIONS, FADES, KINDS, LOUDNESS, PITCH_BANDS, PITCHES, RATES, WAVEFORMS
 
 ACTIVE_RANGE_DB = 30.0
 FLOOR_DB = -55.0
-PITCH_EDGES_HZ = (380.0, 910.0)  # low | medium | high
+# low | medium | high: the geometric middles of the gaps between the generator's bands
+PITCH_EDGES_HZ = tuple(math.sqrt(PITCH_BANDS[a][1] * PITCH_BANDS[b][0]) for a, b in itertools.pairwise(PITCHES))
 NOISE_FLATNESS = 0.3  # above: noise
 PINK_SLOPE_DB_PER_DECADE = -5.0  # below: pink
 CHIRP_OCTAVES_PER_S = 0.7  # |sweep| above: chirp

@@ -33,10 +33,12 @@ LOUDNESS = ("quiet", "normal", "loud")
 FADES = ("none", "in", "out")
 
 # Fundamental-frequency bands (Hz) of the pitch words, log-uniform inside; the gaps between them keep
-# the words unambiguous. The analyzer's boundaries are the geometric midpoints of the gaps.
-PITCH_BANDS = {"low": (180.0, 320.0), "medium": (450.0, 750.0), "high": (1100.0, 1800.0)}
+# the words unambiguous. The analyzer's boundaries are the geometric midpoints of the gaps. Every pitched
+# sound stays below 800 Hz, and the third harmonic of a named waveform below 1 kHz: the demo VAE, trained on
+# CPU in under an hour, renders tones up to about 650 Hz and nothing above 900 Hz (scripts/train_demo.py).
+PITCH_BANDS = {"low": (90.0, 145.0), "medium": (200.0, 320.0), "high": (440.0, 700.0)}
 # Chirp end points (Hz): a sweep between a low start and a high end (rising) or the reverse (falling).
-CHIRP_LOW, CHIRP_HIGH = (250.0, 400.0), (1400.0, 2200.0)
+CHIRP_LOW, CHIRP_HIGH = (100.0, 150.0), (500.0, 750.0)
 PULSE_RATES = {"slow": (2.5, 3.5), "fast": (7.0, 9.0)}  # pulses per second
 LEVELS_DB = {"quiet": -32.0, "normal": -22.0, "loud": -12.0}  # RMS of the sounding part, dBFS, +-LEVEL_JITTER
 LEVEL_JITTER_DB = 2.0
