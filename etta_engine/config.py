@@ -215,7 +215,8 @@ PRESETS: dict[str, ModelConfig] = {
     # The shipped default model (etta_engine/assets/demo.safetensors), trained on CPU in about two hours on
     # the synthetic sound events of etta_engine.demo (scripts/train_demo.py): 8 kHz mono, 2 s clips, a VAE with
     # 256x downsampling to 16 latent channels (31.25 frames/s), a small DiT, and a frozen, randomly
-    # initialised byte-level T5 whose weights ship with the model.
+    # initialised byte-level T5 (its relative-position biases set to look left, right and near:
+    # etta_engine.models.text._look_around) whose weights ship with the model.
     "demo": ModelConfig(
         name="demo",
         dit=DiTConfig(

@@ -111,3 +111,36 @@ def test_model_condition_end_to_end(tiny_model, tiny_cfg):
     assert cond.global_cond.shape == (2, tiny_cfg.dit.global_cond_dim)
     v = tiny_model.dit(torch.randn(2, 64, 5), torch.rand(2), *cond)
     assert v.shape == (2, 64, 5)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "demo"])
+def test_random_text_encoder_knows_which_event_a_word_belongs_to(preset):
+    """A random T5 looks left and right (``_look_around``): "low" in a first event resembles "low" in another
+    first event more than "low" in a second event. With the default init the three features are the same."""
+    from etta_engine.models.text import _look_around
+
+    torch.manual_seed(0)
+    enc = E.T5TextEncoder.random(E.get_preset(preset).text).eval()
+    first, other_first, second = (
+        "a low beep followed by a square tone",
+        "a low tone followed by pink noise",
+        "pink noise followed by a low tone",
+    )
+
+    def low(encoder, prompt):
+        with torch.no_grad():
+            feats, _ = encoder([prompt])
+        i = prompt.index("low")
+        return feats[0, i : i + 3].flatten()
+
+    def margin(encoder):
+        a, b, c = (low(encoder, p) for p in (first, other_first, second))
+        return (torch.cosine_similarity(a, b, dim=0) - torch.cosine_similarity(a, c, dim=0)).item()
+
+    assert margin(enc) > 0.02
+    attention = enc.model.encoder.block[0].layer[0].SelfAttention
+    with torch.no_grad():
+        attention.relative_attention_bias.weight.normal_(0, 0.05)  # about transformers' default init
+    assert abs(margin(enc)) < 0.005
+    _look_around(attention)
+    assert margin(enc) > 0.02
