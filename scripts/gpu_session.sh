@@ -20,11 +20,18 @@
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"
 cd "$ROOT"
+PHASES=(install tests step goals vae ops onnx train sweep)  # every phase, in the default order
+phases=("$@")
+[ ${#phases[@]} -eq 0 ] && phases=("${PHASES[@]}")
+for phase in "${phases[@]}"; do
+  if [[ " ${PHASES[*]} " != *" $phase "* ]]; then
+    echo "unknown phase '$phase': ${PHASES[*]}" >&2
+    exit 2
+  fi
+done
 OUT="${OUT:-$ROOT/outputs/gpu_session}"
 LIMIT="${PHASE_LIMIT_S:-480}"
 mkdir -p "$OUT/logs"
-phases=("$@")
-[ ${#phases[@]} -eq 0 ] && phases=(install tests step goals vae ops onnx train sweep)
 touch "$OUT/.start"
 export PYTHONUNBUFFERED=1
 
@@ -60,12 +67,6 @@ train() { "$PY" benchmarks/train_dit_throughput.py --preset etta --batch 8 --pre
   git log -1 --format='commit %H' 2>/dev/null
 } >"$OUT/logs/env.txt" 2>&1
 export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-for phase in "${phases[@]}"; do
-  case "$phase" in
-    install | tests | step | goals | sweep | vae | ops | onnx | train) ;;
-    *) echo "unknown phase '$phase': install tests step goals sweep vae ops onnx train" >&2 && exit 2 ;;
-  esac
-done
 status=0
 for phase in "${phases[@]}"; do
   echo "== $phase (limit ${LIMIT} s)"
