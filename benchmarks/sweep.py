@@ -12,6 +12,11 @@ message where TensorRT is not installed). The model is exported once per sweep (
 fp16``; bf16 has no ONNX export) to a temporary directory; the runtime rows start from the same noise and are
 timed by the same stages; their peak memory is not measured (None: ONNX Runtime's arena is not torch's).
 
+Each engine backend keeps one engine for the whole sweep, as a serving process would: every cell's untimed
+warm-up generation captures its CUDA graphs (``--cuda-graph solve``: one graph per whole solve, the default;
+``step``: one per step; ``off``: none) and the timed generation replays them; the per-generation ``prepare``
+is timed.
+
     python benchmarks/sweep.py --model etta --device cuda --dtype bf16             # the full grid
     python benchmarks/sweep.py --smoke                                             # CPU, tiny, a few cells
     python benchmarks/plot_sweep.py benchmarks/results/sweep-<device>-<date>.json  # latency vs NFE, Pareto
@@ -33,12 +38,12 @@ from _common import environment, synchronize, write_results
 from tqdm.auto import tqdm
 
 from etta_engine.checkpoint import load_model
-from etta_engine.engine import DiTEngine, evaluation_times
+from etta_engine.engine import DiTEngine, evaluation_times, sample_graphed
 from etta_engine.models.conditioning import DiTConditioning
 from etta_engine.models.model import ETTAModel
 from etta_engine.ops._csrc import csrc_unusable
 from etta_engine.ops._dispatch import triton_unusable
-from etta_engine.sampling import cfg, sample, steps_for
+from etta_engine.sampling import cfg, steps_for
 from etta_engine.train.losses import MultiResolutionSTFTLoss
 
 NFES = (1, 2, 4, 8, 16, 32, 50, 100)
@@ -90,13 +95,17 @@ def runtime_pipelines(model: ETTAModel, backends: list[str], dtype: str, device:
     return pipelines
 
 
-def velocity_fn(backend: str, model: ETTAModel, both: DiTConditioning, times: list[float], compiled):
-    """The batched velocity of one generation for ``backend`` (a fresh prepare per run: its cost is counted)."""
+CUDA_GRAPH_MODES = {"solve": True, "step": "step", "off": False}  # --cuda-graph -> DiTEngine's cuda_graph
+
+
+def velocity_fn(backend: str, model: ETTAModel, both: DiTConditioning, times: list[float], compiled, engines):
+    """The batched velocity of one generation for ``backend`` (a fresh prepare per run: its cost is counted;
+    ``engines``: the sweep's engine of each engine backend, which keeps its CUDA graphs)."""
     if backend == "eager":
         return lambda x, t: model.dit(x, t, *both)
     if backend == "compile":
         return lambda x, t: compiled(x, t, *both)
-    return DiTEngine(model.dit, ops=backend.removeprefix("engine-")).prepare(both, times)
+    return engines[backend].prepare(both, times)
 
 
 def timed(device: torch.device, fn):
@@ -141,6 +150,12 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> list[
     prompts = ["a dog barks twice, then rain on a tin roof"]
     noise = torch.randn(1, mcfg.dit.io_channels, frames, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     compiled = torch.compile(model.dit) if "compile" in backends else None
+    graphs = CUDA_GRAPH_MODES[args.cuda_graph]
+    engines = {
+        b: DiTEngine(model.dit, ops=b.removeprefix("engine-"), cuda_graph=graphs)
+        for b in backends
+        if b.startswith("engine-")
+    }
     mrstft = MultiResolutionSTFTLoss().to(device)
 
     def generate(backend: str, solver: str, nfe: int, scale: float):
@@ -155,8 +170,8 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> list[
 
         def loop():
             times = evaluation_times(solver, nfe) if backend.startswith("engine") else []
-            fn = velocity_fn(backend, model, both, times, compiled)
-            return sample(cfg(fn, scale) if guided else fn, noise, solver=solver, nfe=nfe).x
+            fn = velocity_fn(backend, model, both, times, compiled, engines)
+            return sample_graphed(cfg(fn, scale) if guided else fn, noise, solver=solver, nfe=nfe).x
 
         x, dit_ms = timed(device, loop)
         audio, vae_ms = timed(device, lambda: model.vae.decode(x.to(model.vae.dtype)).float())
@@ -203,6 +218,7 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> list[
                     "nfe": nfe,
                     "cfg_scale": scale,
                     "dtype": args.dtype,
+                    "cuda_graph": args.cuda_graph if backend in engines and device.type == "cuda" else None,
                     "runtime": _runtime_info(pipelines.get(backend)),
                     "seconds": args.seconds,
                     **stages,
@@ -246,6 +262,8 @@ def main() -> None:
     parser.add_argument("--cfg-scales", type=lambda s: [float(v) for v in s.split(",")], default=[1.0, 3.5])
     parser.add_argument("--backends", type=lambda s: s.split(","), default=list(BACKENDS))
     parser.add_argument("--reference-nfe", type=int, default=400)
+    graphs_help = "the engine backends' CUDA graphs (CUDA devices): one per whole solve, one per step, or none"
+    parser.add_argument("--cuda-graph", choices=list(CUDA_GRAPH_MODES), default="solve", help=graphs_help)
     parser.add_argument("--smoke", action="store_true", help="CPU check of the script: tiny, 1 s, a few cells")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args()

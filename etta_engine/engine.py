@@ -19,8 +19,10 @@ Python counter), so a step can be captured in a CUDA graph.
 
 CUDA graphs: on CUDA tensors each step runs on static buffers (:class:`StaticStep`) and, from the second call
 of a shape on, is replayed from a ``torch.cuda.CUDAGraph`` instead of launching its few hundred kernels one by
-one. The engine keeps the graphs of its last :data:`GRAPH_CACHE_SIZE` shapes, so later generations of the same
-shape replay at once; their per-generation inputs (prompt K/V, mask) are copied into the graph's buffers.
+one. :func:`sample_graphed` goes further: a whole fixed-step solve (every step, the guidance and the solver's
+updates) is captured in one graph and each later generation of the same shape, solver and guidance is one
+replay, with no Python between the steps. The engine keeps the graphs of its last :data:`GRAPH_CACHE_SIZE`
+shapes; a generation's inputs (noise, adaLN outputs, prompt K/V, mask) are copied into the graph's buffers.
 
 fp16 (a DiT whose weights are float16): fp16 has a range of 65504, which a DiT's residual stream and FFN
 activations can exceed (the official fp16 autocast path has no guard). With ``fp16_guards`` (default) the
@@ -32,11 +34,12 @@ fp16 input nor the fp16 output can overflow (:func:`guarded_linear`): exact scal
     engine = DiTEngine(model.dit)
     times = evaluation_times("heun", nfe=8, schedule="uniform")
     velocity = engine.prepare(cond, times)           # cond: DiTConditioning of the (CFG-)batched rows
-    result = sample(cfg(velocity, 3.5), noise, solver="heun", nfe=8)
+    result = sample_graphed(cfg(velocity, 3.5), noise, solver="heun", nfe=8)  # = sampling.sample, one graph
 """
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -52,11 +55,21 @@ from etta_engine import ops
 from etta_engine.models.adapter import AudioAdapter, AudioPrompt
 from etta_engine.models.conditioning import DiTConditioning
 from etta_engine.models.dit import DiT
-from etta_engine.sampling import invert, sample
+from etta_engine.sampling import (
+    SOLVERS,
+    Guided,
+    SampleResult,
+    StepCallback,
+    VelocityFn,
+    grid_dtype,
+    invert,
+    sample,
+    solver_grid,
+)
 
 ADAPTIVE_SOLVERS = ("dopri5",)
-CUDA_GRAPH_MODES = (True, False, "eager")
-GRAPH_CACHE_SIZE = 4  # captured step graphs kept per engine (one per batch/length/prompt-layout shape)
+CUDA_GRAPH_MODES = (True, "step", False, "eager")
+GRAPH_CACHE_SIZE = 4  # captured graphs kept per engine (one per shape and prompt layout; per solve and guidance)
 FP16_MAX = 65504.0
 # Inputs and outputs of a guarded fp16 matmul stay below this bound (half of FP16_MAX: room for rounding).
 FP16_GUARD_LIMIT = 2.0**15
@@ -144,9 +157,11 @@ class DiTEngine:
     """Inference of a :class:`~etta_engine.models.dit.DiT` with the per-generation work hoisted (module doc).
 
     ``ops``: the implementation of etta_engine.ops used in the step (default: the DiT's ``cfg.ops``).
-    ``cuda_graph``: True captures the step in a CUDA graph for CUDA tensors (CPU tensors run as without);
-    "eager" runs the step on the same static buffers and cache but eagerly, on any device (to tell a capture
-    problem from a buffer problem, and to test the buffer logic on a CPU); False runs the plain step.
+    ``cuda_graph``: True captures, for CUDA tensors, each step in a CUDA graph and each whole solve run by
+    :func:`sample_graphed` in one (CPU tensors run as without); "step" captures steps only (a solve replays one
+    graph per call); "eager" runs steps and solves on the same static buffers and cache but eagerly, on any
+    device (to tell a capture problem from a buffer problem, and to test the buffer logic on a CPU); False runs
+    the plain step.
     ``fp16_guards``: for an fp16 DiT, the overflow guards of the module doc (False: every op in fp16, as a naive
     fp16 model; for comparison only).
     """
@@ -156,7 +171,7 @@ class DiTEngine:
     ) -> None:
         if not isinstance(dit, DiT):
             raise TypeError(f"dit must be a DiT, got {type(dit).__name__}")
-        if not (cuda_graph is True or cuda_graph is False or cuda_graph == "eager"):
+        if not any(cuda_graph is mode if isinstance(mode, bool) else cuda_graph == mode for mode in CUDA_GRAPH_MODES):
             raise ValueError(f"cuda_graph={cuda_graph!r} is not one of {CUDA_GRAPH_MODES}")
         self.dit = dit
         self.ops = dit.cfg.ops if ops is None else ops
@@ -303,33 +318,113 @@ class DiTEngine:
         stream: it warms up what must not happen during capture (cuBLAS handles and workspaces, which are per
         stream, Triton compilation and autotuning)."""
         x = call[0]
-        if self.cuda_graph is False or (self.cuda_graph is True and not x.is_cuda):
+        mode = self._static_mode(x)
+        if mode is None:
             return None
-        capture = self.cuda_graph is True
+        capture = mode == "capture"
         shared = prepared.shared
         # The weights' addresses are part of the key: a graph reads them where they were at capture.
-        key = (prepared.plan, tuple(x.shape), x.dtype, str(x.device), self.ops, prepared.weights_key,
-               tuple(None if t is None else tuple(t.shape) for t in shared))  # fmt: skip
+        key = ("step", prepared.plan, tuple(x.shape), x.dtype, str(x.device), self.ops, prepared.weights_key,
+               _shapes(shared))  # fmt: skip
         step = self.graphs.get(key)
         if step is None:
             if not prepared.warmed:
                 prepared.warmed = True
-                if not capture:
-                    return None
-                stream, current = self._capture_stream(x.device), torch.cuda.current_stream(x.device)
-                stream.wait_stream(current)
-                with torch.cuda.stream(stream):
-                    out = self.step(prepared.plan, *call, *shared)
-                current.wait_stream(stream)
-                out.record_stream(current)  # allocated on the side stream, read on this one
-                return out
+                return self._warm_up(prepared, call) if capture else None
             stream = self._capture_stream(x.device) if capture else None
-            step = StaticStep(partial(self.step, prepared.plan), call, shared, capture=capture, stream=stream)
-            self.graphs[key] = step
-            while len(self.graphs) > GRAPH_CACHE_SIZE:
-                self.graphs.popitem(last=False)
+            step = self._keep(key, StaticStep(partial(self.step, prepared.plan), call, shared, capture, stream))
         self.graphs.move_to_end(key)
         return step(call, shared, owner=prepared)
+
+    def solve(
+        self,
+        prepared: PreparedDiT,
+        guided: Guided | None,
+        noise: torch.Tensor,
+        solver: str,
+        nfe: int,
+        schedule: str,
+        t_start: float,
+        options: dict,
+    ) -> SampleResult | None:
+        """A whole fixed-step solve of ``prepared`` (under ``guided``'s CFG, whose ``batched_fn`` it is) from
+        ``noise``, on the static buffers of its :class:`StaticStep` and, for CUDA tensors, replayed from one
+        CUDA graph (captured on first use, after one eager step on the capture stream warms it up). None where
+        the caller runs the plain :func:`~etta_engine.sampling.sample` (no static buffers or "step" mode, an
+        adaptive solver, a prepared DiT already called)."""
+        mode = self._static_mode(noise)
+        plain = mode is None or self.cuda_graph == "step" or prepared.calls
+        if plain or solver not in SOLVERS or "rtol" in options or "atol" in options:
+            return None  # (the plain sample raises what is wrong with the arguments)
+        steps, ts = solver_grid(solver, nfe, schedule, t_start, dtype=grid_dtype(noise), **options)
+        if steps is None:  # adaptive
+            return None
+        # The grid stays on the host: its values are constants of the captured kernels (no host syncs in the
+        # solvers' set-up, no device copies of it during capture).
+        rows = noise.shape[0] * (1 if guided is None else 2)
+        if rows != prepared.plan.batch:
+            raise ValueError(
+                f"noise has {noise.shape[0]} rows, so the solve evaluates {rows}, but the DiT was prepared for "
+                f"{prepared.plan.batch}"
+            )
+        capture = mode == "capture"
+        inputs = (prepared.modulation, prepared.final, *prepared.shared)
+        guidance = None if guided is None else (guided.scale, guided.rescale)
+        key = ("solve", solver, tuple(ts.tolist()), guidance, prepared.plan, tuple(noise.shape), noise.dtype,
+               str(noise.device), self.ops, prepared.weights_key, _shapes(inputs))  # fmt: skip
+        loop = self.graphs.get(key)
+        if loop is None:
+            times = evaluation_times(solver, nfe, schedule, t_start, **options)
+            _check_times(prepared, times)
+            stream = None
+            if capture:
+                stream = self._capture_stream(noise.device)
+                x = noise if guided is None else torch.cat((noise, noise))
+                self._warm_up(prepared, (x, prepared.modulation[0], prepared.final[0]))
+            fn = partial(self._solve, prepared.plan, SOLVERS[solver].fn, ts, guided)
+            loop = self._keep(key, StaticStep(fn, (noise,), inputs, capture, stream))
+            loop.times = times
+        else:
+            _check_times(prepared, loop.times)
+        self.graphs.move_to_end(key)
+        x = loop((noise,), inputs, owner=prepared)
+        prepared.calls = len(prepared.times)
+        return SampleResult(x=x, nfe=len(prepared.times), steps=steps)
+
+    def _solve(
+        self, plan: StepPlan, solve: Callable, ts: torch.Tensor, guided: Guided | None, x, modulation, final, *shared
+    ) -> torch.Tensor:
+        """The solver's loop over the engine's step (what a whole-solve graph captures)."""
+        calls = iter(range(modulation.shape[0]))
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            k = next(calls)
+            return self.step(plan, x, modulation[k], final[k], *shared)
+
+        return solve(velocity if guided is None else dataclasses.replace(guided, batched_fn=velocity), x, ts)
+
+    def _static_mode(self, x: torch.Tensor) -> str | None:
+        """How calls on ``x`` run: "capture" (CUDA graphs), "eager" (static buffers, no graph) or None (plain)."""
+        if self.cuda_graph is False or (self.cuda_graph != "eager" and not x.is_cuda):
+            return None
+        return "eager" if self.cuda_graph == "eager" else "capture"
+
+    def _warm_up(self, prepared: PreparedDiT, call: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """One eager step on the capture stream, before anything of its shape is captured."""
+        stream, current = self._capture_stream(call[0].device), torch.cuda.current_stream(call[0].device)
+        stream.wait_stream(current)
+        with torch.cuda.stream(stream):
+            out = self.step(prepared.plan, *call, *prepared.shared)
+        current.wait_stream(stream)
+        out.record_stream(current)  # allocated on the side stream, read on this one
+        return out
+
+    def _keep(self, key: tuple, static: StaticStep) -> StaticStep:
+        """Cache ``static`` under ``key``, dropping the least recently used beyond :data:`GRAPH_CACHE_SIZE`."""
+        self.graphs[key] = static
+        while len(self.graphs) > GRAPH_CACHE_SIZE:
+            self.graphs.popitem(last=False)
+        return static
 
     def _capture_stream(self, device: torch.device) -> torch.cuda.Stream:
         """The side stream on which this engine warms up and captures its graphs on ``device``."""
@@ -338,15 +433,61 @@ class DiTEngine:
         return self.streams[device]
 
 
-class StaticStep:
-    """A step function run on buffers it owns, so that a CUDA graph can replay it.
+def sample_graphed(
+    velocity: VelocityFn,
+    noise: torch.Tensor,
+    *,
+    solver: str = "euler",
+    nfe: int = 100,
+    schedule: str = "uniform",
+    t_start: float = 1.0,
+    callback: StepCallback | None = None,
+    **options,
+) -> SampleResult:
+    """:func:`~etta_engine.sampling.sample`, as one CUDA graph where it can be.
 
-    Each call copies its inputs into the buffers: the per-call ones (``call``: x and the call's adaLN outputs)
-    every time, the per-generation ones (``shared``: K/V, masks) when the generation using it changes. The
-    output is returned as a copy (solvers keep earlier velocities; the buffer is overwritten by the next call).
-    With ``capture`` (CUDA tensors, warmed up by an eager run on ``stream``) the function is recorded once in a
-    ``torch.cuda.CUDAGraph`` and each call replays it on the current stream; without, it runs eagerly on the
-    same buffers.
+    Where ``velocity`` is a :class:`PreparedDiT` not called yet, or ``cfg(prepared, ...)`` of one without an
+    ``interval``, and its engine keeps static buffers for ``noise`` (``cuda_graph=True`` on CUDA tensors, or
+    "eager"), the whole fixed-step solve runs through :meth:`DiTEngine.solve`: one graph replay per generation.
+    Everything else (other velocity functions, adaptive solvers) runs ``sample`` itself. The result is the
+    plain solve's up to float rounding. ``callback``: within a graph the steps' states are not seen, so it is
+    called after the solve, for every step, with the final x.
+    """
+    guided = velocity if isinstance(velocity, Guided) and velocity.interval is None else None
+    prepared = velocity if guided is None else guided.batched_fn
+    result = None
+    if isinstance(prepared, PreparedDiT):
+        result = prepared.engine.solve(prepared, guided, noise, solver, nfe, schedule, t_start, dict(options))
+    if result is None:
+        return sample(velocity, noise, solver=solver, nfe=nfe, schedule=schedule, t_start=t_start,
+                      callback=callback, **options)  # fmt: skip
+    if callback is not None:
+        for i in range(result.steps):
+            callback(i, result.x)
+    return result
+
+
+def _shapes(tensors: Sequence[torch.Tensor | None]) -> tuple:
+    return tuple(None if t is None else tuple(t.shape) for t in tensors)
+
+
+def _check_times(prepared: PreparedDiT, times: list[float]) -> None:
+    if times != prepared.times:
+        raise ValueError(
+            f"the solve calls the DiT at t={times} but it was prepared for t={prepared.times}; prepare it with the "
+            "solver's evaluation_times"
+        )
+
+
+class StaticStep:
+    """A function (one step, or a whole solve) run on buffers it owns, so that a CUDA graph can replay it.
+
+    Each call copies its inputs into the buffers: the per-call ones (``call``: x, and for a step the call's
+    adaLN outputs) every time, the per-generation ones (``shared``: K/V, masks) when the generation using it
+    changes. The output is returned as a copy (solvers keep earlier velocities; the buffer is overwritten by the
+    next call). With ``capture`` (CUDA tensors, warmed up by an eager step on ``stream``) the function is
+    recorded once in a ``torch.cuda.CUDAGraph`` and each call replays it on the current stream; without, it
+    runs eagerly on the same buffers.
     """
 
     def __init__(
@@ -354,7 +495,6 @@ class StaticStep:
         fn: Callable[..., torch.Tensor],
         call: Sequence[torch.Tensor],
         shared: Sequence[torch.Tensor | None],
-        *,
         capture: bool,
         stream: torch.cuda.Stream | None = None,
     ) -> None:
@@ -364,6 +504,7 @@ class StaticStep:
         self.owner: weakref.ref | None = None  # the generation whose per-generation inputs the buffers hold
         self.graph = None
         self.output = None
+        self.times: list[float] | None = None  # a whole solve's call times
         if capture:
             self.graph = torch.cuda.CUDAGraph()
             # Capture records the kernels without running them (the output buffer is written by replays), on

@@ -27,7 +27,7 @@ from etta_engine.audio_prompt import EmbeddingProvider, as_batch, get_provider
 from etta_engine.checkpoint import PRETRAINED, atomic_write, is_pretrained, load_model
 from etta_engine.config import PRESETS
 from etta_engine.data import load_audio
-from etta_engine.engine import ADAPTIVE_SOLVERS, DiTEngine, evaluation_times
+from etta_engine.engine import ADAPTIVE_SOLVERS, DiTEngine, evaluation_times, sample_graphed
 from etta_engine.models.adapter import AudioAdapter, check_embedding
 from etta_engine.models.conditioning import DiTConditioning
 from etta_engine.models.model import ETTAModel
@@ -79,9 +79,11 @@ class Pipeline:
     # Run the DiT through etta_engine.engine (hoisted adaLN, prompt K/V, skipped uncond cross-attention) for the
     # fixed-step solvers; False runs the plain model at every call (the reference path).
     use_engine: bool = True
-    # On a CUDA device, replay each engine step from a CUDA graph (captured once per shape and kept by the
-    # pipeline's engines across generations); False launches the step's kernels one by one.
-    cuda_graphs: bool = True
+    # On a CUDA device, replay the engine's work from CUDA graphs, captured once per shape and kept by the
+    # pipeline's engines across generations (DiTEngine's cuda_graph): True replays a whole text-to-audio solve
+    # (CFG without an interval, no inpainting or autoguidance) as one graph and anything else step by step;
+    # "step" replays every solve step by step; False launches the step's kernels one by one.
+    cuda_graphs: bool | str = True
 
     def __init__(
         self, model: ETTAModel, *, device: str | torch.device | None = None, bad_model: ETTAModel | None = None
@@ -261,7 +263,7 @@ class Pipeline:
                 velocity = inpaint(velocity, x0, noise, self._frames_fully_inside(keep_samples, T))
 
         with _progress(steps or 0, progress, "sampling") as bar:
-            result = sample(
+            result = sample_graphed(
                 velocity,
                 x,
                 solver=solver,

@@ -319,18 +319,40 @@ def invert(
     return _integrate(velocity_fn, x0, solver, nfe, schedule, t_end, callback, options, reverse=True)
 
 
-def _integrate(velocity_fn, x, solver, nfe, schedule, t_far, callback, options, *, reverse) -> SampleResult:
-    """Run ``solver`` within ``nfe`` calls on the schedule's grid scaled to [0, t_far] (reversed: from 0 up)."""
+def solver_grid(
+    solver: str,
+    nfe: int,
+    schedule: str = "uniform",
+    t_far: float = 1.0,
+    *,
+    reverse: bool = False,
+    device=None,
+    dtype=torch.float32,
+    **options,
+) -> tuple[int | None, torch.Tensor]:
+    """(steps, ts): the steps of ``solver`` within ``nfe`` calls (None: adaptive) and the grid :func:`sample`
+    runs it on, the schedule's scaled to [0, ``t_far``] (``reverse``: from 0 up, as :func:`invert`).
+    ``options`` go to the schedule."""
     steps = steps_for(solver, nfe)
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choices: {sorted(SCHEDULES)}")
     if not 0.0 < t_far <= 1.0:
         raise ValueError(f"{'t_end' if reverse else 't_start'}={t_far} is outside (0, 1]")
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    ts = SCHEDULES[schedule](steps or 1, device=device, dtype=dtype, **options) * t_far
+    return steps, ts.flip(0) if reverse else ts
+
+
+def grid_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of the time grid for latents ``x``: float64 for float64 latents, else float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _integrate(velocity_fn, x, solver, nfe, schedule, t_far, callback, options, *, reverse) -> SampleResult:
+    """Run ``solver`` within ``nfe`` calls on the schedule's grid scaled to [0, t_far] (reversed: from 0 up)."""
     solver_options = {k: options.pop(k) for k in ("rtol", "atol") if k in options}
-    ts = SCHEDULES[schedule](steps or 1, device=x.device, dtype=dtype, **options) * t_far
-    if reverse:
-        ts = ts.flip(0)
+    steps, ts = solver_grid(
+        solver, nfe, schedule, t_far, reverse=reverse, device=x.device, dtype=grid_dtype(x), **options
+    )
 
     calls = 0
 
@@ -355,13 +377,35 @@ def _integrate(velocity_fn, x, solver, nfe, schedule, t_far, callback, options, 
 # ------------------------------------------------------------------ velocity-function wrappers
 
 
+@dataclass(frozen=True)
+class Guided:
+    """The velocity function :func:`cfg` returns; its fields say how it guides ``batched_fn`` (the engine reads
+    them to run a whole guided solve in one CUDA graph)."""
+
+    batched_fn: VelocityFn
+    scale: float
+    rescale: float = 0.0
+    interval: tuple[float, float] | None = None
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        v_cond, v_uncond = self.batched_fn(torch.cat((x, x)), torch.cat((t, t))).chunk(2)
+        v = v_uncond + self.scale * (v_cond - v_uncond)
+        if self.rescale > 0:
+            ratio = v_cond.std(dim=1, keepdim=True) / v.std(dim=1, keepdim=True)
+            v = self.rescale * (v * ratio) + (1 - self.rescale) * v
+        if self.interval is not None:
+            inside = (t >= self.interval[0]) & (t <= self.interval[1])
+            v = torch.where(inside.reshape(-1, *([1] * (x.ndim - 1))), v, v_cond)
+        return v
+
+
 def cfg(
     batched_fn: VelocityFn,
     scale: float,
     *,
     rescale: float = 0.0,
     interval: tuple[float, float] | None = None,
-) -> VelocityFn:
+) -> Guided:
     """Classifier-free guidance with cond and uncond in one forward of 2B.
 
     ``batched_fn(x2, t2)`` evaluates a batch whose first half is conditional and second half
@@ -376,19 +420,7 @@ def cfg(
         raise ValueError(f"cfg rescale={rescale} is outside [0, 1]")
     if interval is not None and not 0.0 <= interval[0] <= interval[1] <= 1.0:
         raise ValueError(f"cfg interval={interval} must satisfy 0 <= t_lo <= t_hi <= 1")
-
-    def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        v_cond, v_uncond = batched_fn(torch.cat((x, x)), torch.cat((t, t))).chunk(2)
-        v = v_uncond + scale * (v_cond - v_uncond)
-        if rescale > 0:
-            ratio = v_cond.std(dim=1, keepdim=True) / v.std(dim=1, keepdim=True)
-            v = rescale * (v * ratio) + (1 - rescale) * v
-        if interval is not None:
-            inside = (t >= interval[0]) & (t <= interval[1])
-            v = torch.where(inside.reshape(-1, *([1] * (x.ndim - 1))), v, v_cond)
-        return v
-
-    return guided
+    return Guided(batched_fn, float(scale), float(rescale), None if interval is None else tuple(interval))
 
 
 def autoguidance(good_fn: VelocityFn, bad_fn: VelocityFn, scale: float) -> VelocityFn:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import randomize_, rel_err
 
-from etta_engine.engine import DiTEngine, evaluation_times, guarded_linear
+from etta_engine.engine import DiTEngine, evaluation_times, guarded_linear, sample_graphed
 from etta_engine.models.conditioning import DiTConditioning
 from etta_engine.models.dit import DiT
 from etta_engine.sampling import cfg, sample
@@ -143,8 +143,66 @@ def test_static_buffers_give_the_plain_steps(tiny_cfg):
     assert len(static.graphs) == 2
 
 
+SOLVES = [  # (solver, nfe, guidance as cfg keywords or None, sample options)
+    ("euler", 5, dict(scale=3.5), {}),
+    ("heun", 6, dict(scale=3.5, rescale=0.7), dict(schedule="shifted", shift=2.0)),
+    ("midpoint", 4, None, dict(t_start=0.6)),
+    ("rk4", 8, dict(scale=2.0), dict(schedule="logsnr")),
+    ("dpmpp_2m", 6, dict(scale=3.5), {}),
+]
+
+
+@pytest.mark.parametrize(("solver", "nfe", "guidance", "options"), SOLVES)
+def test_whole_solve_on_static_buffers_equals_sample(tiny_cfg, solver, nfe, guidance, options):
+    """sample_graphed's whole-solve path (the buffers and loop a CUDA graph captures, run eagerly on the CPU):
+    the plain solve's result for each generation, one cached solve per shape/solver/guidance, the prepared
+    DiT consumed, the callback called per step."""
+    dit = _dit(tiny_cfg)
+    both = [_cond(dit, B=2, seed=s) for s in (0, 1)]  # 2 conditional rows, then their 2 uncond rows
+    conds = both if guidance else [DiTConditioning(*(t[:2] for t in c)) for c in both]
+    noise = torch.randn(2, dit.cfg.io_channels, 9, generator=torch.Generator().manual_seed(4))
+    plain, static = DiTEngine(dit, cuda_graph=False), DiTEngine(dit, cuda_graph="eager")
+    times = evaluation_times(solver, nfe, **options)
+    guide = (lambda v: v) if guidance is None else (lambda v: cfg(v, **guidance))
+    seen = []
+    for c in conds:  # the second generation reuses the first one's buffers with its own inputs
+        ref = sample(guide(plain.prepare(c, times)), noise, solver=solver, nfe=nfe, **options)
+        seen.clear()
+        velocity = static.prepare(c, times)
+        got = sample_graphed(guide(velocity), noise, solver=solver, nfe=nfe, callback=lambda i, _: seen.append(i),
+                             **options)  # fmt: skip
+        assert (got.nfe, got.steps) == (ref.nfe, ref.steps) == (len(times), len(seen))
+        assert seen == list(range(ref.steps))
+        assert (got.x - ref.x).abs().max() <= 1e-6 * ref.x.abs().max()
+        assert velocity.calls == len(times)
+        (key,) = static.graphs
+        assert key[0] == "solve" and static.graphs[key].times == times
+
+
+def test_whole_solve_falls_back_or_refuses(tiny_cfg):
+    dit = _dit(tiny_cfg)
+    cond = _cond(dit, B=1)
+    noise = torch.randn(1, dit.cfg.io_channels, 7)
+    static = DiTEngine(dit, cuda_graph="eager")
+    times = evaluation_times("euler", 4)
+    ref = sample(cfg(DiTEngine(dit, cuda_graph=False).prepare(cond, times), 3.5, interval=(0.2, 0.8)), noise, nfe=4)
+    # A CFG interval selects on t: the run goes step by step (static steps only, no whole-solve graph).
+    got = sample_graphed(cfg(static.prepare(cond, times), 3.5, interval=(0.2, 0.8)), noise, nfe=4)
+    assert torch.equal(got.x, ref.x)
+    assert {key[0] for key in static.graphs} == {"step"}
+    step_only = DiTEngine(dit, cuda_graph="step")  # CPU: plain steps, and never a solve
+    sample_graphed(cfg(step_only.prepare(cond, times), 3.5), noise, nfe=4)
+    assert not step_only.graphs
+    with pytest.raises(ValueError, match=r"calls the DiT at t=\[1.0, 0.75, 0.5, 0.25\] but it was prepared for t="):
+        sample_graphed(cfg(static.prepare(cond, evaluation_times("heun", 4)), 3.5), noise, nfe=4)
+    with pytest.raises(ValueError, match="noise has 2 rows, so the solve evaluates 4, but the DiT was prepared for 2"):
+        sample_graphed(cfg(static.prepare(cond, times), 3.5), noise.repeat(2, 1, 1), nfe=4)
+    with pytest.raises(ValueError, match="unknown solver 'leapfrog'"):
+        sample_graphed(cfg(static.prepare(cond, times), 3.5), noise, solver="leapfrog", nfe=4)
+
+
 def test_cuda_graph_mode_is_checked(tiny_cfg):
-    with pytest.raises(ValueError, match=r"cuda_graph='always' is not one of \(True, False, 'eager'\)"):
+    with pytest.raises(ValueError, match=r"cuda_graph='always' is not one of \(True, 'step', False, 'eager'\)"):
         DiTEngine(_dit(tiny_cfg), cuda_graph="always")
 
 
@@ -171,6 +229,30 @@ def test_cuda_graph_equals_the_eager_step(tiny_cfg, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("solver", ["heun", "dpmpp_2m"])
+def test_whole_solve_graph_equals_the_plain_solve(tiny_cfg, dtype, solver):
+    """One CUDA graph per solve: captured in the first generation, replayed (with no host sync) in the next."""
+    dit = _dit(tiny_cfg).cuda().to(dtype)
+    conds = [DiTConditioning(*(t.cuda() for t in _cond(dit, B=2, seed=s))) for s in (0, 1)]
+    noise = torch.randn(2, dit.cfg.io_channels, 23, generator=torch.Generator().manual_seed(3)).cuda().to(dtype)
+    plain, graphed = DiTEngine(dit, cuda_graph=False), DiTEngine(dit)
+    times = evaluation_times(solver, 6)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2  # a captured GEMM may pick another algorithm
+    for k, c in enumerate(conds):
+        ref = sample(cfg(plain.prepare(c, times), 3.5, rescale=0.5), noise, solver=solver, nfe=6).x.float()
+        velocity = cfg(graphed.prepare(c, times), 3.5, rescale=0.5)  # (prepare has its one host sync)
+        torch.cuda.set_sync_debug_mode("error" if k else "default")
+        try:
+            got = sample_graphed(velocity, noise, solver=solver, nfe=6).x.float()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert (got - ref).abs().max() <= tol * ref.abs().max()
+    (solve,) = graphed.graphs.values()
+    assert solve.graph is not None and solve.times == times
+
+
+@pytest.mark.gpu
 def test_pipeline_with_and_without_cuda_graphs():
     from etta_engine.pipeline import Pipeline
 
@@ -179,10 +261,13 @@ def test_pipeline_with_and_without_cuda_graphs():
     kw = dict(seconds=1.0, nfe=8, solver="heun", seed=0, progress=False)
     pipe.cuda_graphs = False
     ref = pipe.generate("rain", **kw).waveform
-    pipe.cuda_graphs = True
-    for _ in range(2):
-        got = pipe.generate("rain", **kw).waveform
-        assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
+    for mode, kind in ((True, "solve"), ("step", "step")):
+        pipe.cuda_graphs = mode
+        for _ in range(2):
+            got = pipe.generate("rain", **kw).waveform
+            assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
+        (engine,) = pipe._engines.values()
+        assert {key[0] for key in engine.graphs} == {kind}
 
 
 # ------------------------------------------------------------------ fp16 with overflow guards
