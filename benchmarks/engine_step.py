@@ -6,6 +6,10 @@ cross-attention skipped), timed alternately in one run so that both see the same
     python benchmarks/engine_step.py --preset etta --device cpu --dtype fp32 --reps 3
     python benchmarks/engine_step.py --preset etta --device cuda --dtype bf16 --compile   # + torch.compile rows
 
+With ``--compile``, two more variants: ``compile`` (torch.compile of the reference) and ``engine-compile`` (the
+engine's step with torch ops compiled by inductor, ``DiTEngine(compile=True)``). On a CUDA device the engine
+variants replay their step from a CUDA graph (``cuda_graph`` in the rows), as the pipeline does.
+
 Rows go to benchmarks/results/engine_step-<device>-<date>.json with the environment.
 """
 
@@ -62,6 +66,8 @@ def run(args) -> list[dict]:
     if args.compile:
         compiled = torch.compile(dit)
         steps["compile"] = lambda: compiled(x, t, *cond)
+        engine_compiled = DiTEngine(dit, ops="torch", compile=True).prepare(cond, times)
+        steps["engine-compile"] = lambda: engine_compiled.velocity(x, 0)
     times_ms: dict[str, list[float]] = {name: [] for name in steps}
     with torch.no_grad():
         for fn in steps.values():  # warm-up (and compilation)
@@ -82,7 +88,8 @@ def run(args) -> list[dict]:
                 "preset": args.preset,
                 "variant": name,
                 "dtype": args.dtype,
-                "ops": args.ops or cfg.dit.ops,
+                "ops": "torch" if name == "engine-compile" else args.ops or cfg.dit.ops,
+                "cuda_graph": name.startswith("engine") and device.type == "cuda",
                 "batch": 2,
                 "frames": args.frames,
                 "context_length": cfg.context_length,

@@ -5,7 +5,8 @@ the latent RMSE (relative) and a multi-resolution spectral distance of the decod
 
 Backends: ``eager`` (the model called per step), ``compile`` (``torch.compile`` of the DiT), and the engine
 (:mod:`etta_engine.engine`: hoisted adaLN/K-V/timestep work, skipped uncond cross-attention) with the torch,
-Triton or csrc/ ops (``engine-torch``, ``engine-triton``, ``engine-cuda``) wherever they can run, and the
+Triton or csrc/ ops (``engine-torch``, ``engine-triton``, ``engine-cuda``) wherever they can run, the engine's
+step with torch ops compiled by inductor (``engine-compile``: ``DiTEngine(compile=True)``), and the
 exported graphs in the torch-free runtime (:mod:`etta_engine.runtime`): ``onnx`` (ONNX Runtime, CUDA provider when
 the device is CUDA and onnxruntime has it) and ``tensorrt`` (engines built from the same export; skipped with a
 message where TensorRT is not installed). The model is exported once per sweep (fp32, or fp16 for ``--dtype
@@ -48,7 +49,7 @@ from etta_engine.train.losses import MultiResolutionSTFTLoss
 
 NFES = (1, 2, 4, 8, 16, 32, 50, 100)
 SOLVERS = ("euler", "heun", "midpoint", "dpmpp_2m")
-BACKENDS = ("eager", "compile", "engine-torch", "engine-triton", "engine-cuda", "onnx", "tensorrt")
+BACKENDS = ("eager", "compile", "engine-torch", "engine-triton", "engine-cuda", "engine-compile", "onnx", "tensorrt")
 RUNTIME_BACKENDS = {"onnx": "onnxruntime", "tensorrt": "tensorrt"}  # sweep name -> RuntimePipeline backend
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EXPORT_DTYPES = {"fp32": "fp32", "fp16": "fp16"}  # sweep dtype -> ONNX export dtype
@@ -96,6 +97,14 @@ def runtime_pipelines(model: ETTAModel, backends: list[str], dtype: str, device:
 
 
 CUDA_GRAPH_MODES = {"solve": True, "step": "step", "off": False}  # --cuda-graph -> DiTEngine's cuda_graph
+
+
+def make_engine(backend: str, dit, cuda_graph: bool | str) -> DiTEngine:
+    """The sweep's engine of ``backend``: engine-<ops>, or engine-compile (torch ops, so that inductor sees
+    every op of the step)."""
+    if backend == "engine-compile":
+        return DiTEngine(dit, ops="torch", cuda_graph=cuda_graph, compile=True)
+    return DiTEngine(dit, ops=backend.removeprefix("engine-"), cuda_graph=cuda_graph)
 
 
 def velocity_fn(backend: str, model: ETTAModel, both: DiTConditioning, times: list[float], compiled, engines):
@@ -151,11 +160,7 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> list[
     noise = torch.randn(1, mcfg.dit.io_channels, frames, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     compiled = torch.compile(model.dit) if "compile" in backends else None
     graphs = CUDA_GRAPH_MODES[args.cuda_graph]
-    engines = {
-        b: DiTEngine(model.dit, ops=b.removeprefix("engine-"), cuda_graph=graphs)
-        for b in backends
-        if b.startswith("engine-")
-    }
+    engines = {b: make_engine(b, model.dit, graphs) for b in backends if b.startswith("engine-")}
     mrstft = MultiResolutionSTFTLoss().to(device)
 
     def generate(backend: str, solver: str, nfe: int, scale: float):
@@ -270,7 +275,7 @@ def main() -> None:
     if args.smoke:
         args.model, args.device, args.seconds, args.reference_nfe = "tiny", "cpu", 1.0, 16
         args.nfes, args.solvers = [2, 4], ["euler", "heun"]
-        args.backends = ["eager", "engine-torch", "engine-cuda", "onnx", "tensorrt"]
+        args.backends = ["eager", "engine-torch", "engine-cuda", "engine-compile", "onnx", "tensorrt"]
     unknown = sorted(set(args.backends) - set(BACKENDS))
     if unknown:
         parser.error(f"unknown backends {unknown}; choices: {list(BACKENDS)}")

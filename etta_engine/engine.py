@@ -69,6 +69,7 @@ from etta_engine.sampling import (
 
 ADAPTIVE_SOLVERS = ("dopri5",)
 CUDA_GRAPH_MODES = (True, "step", False, "eager")
+CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that capture CUDA graphs
 GRAPH_CACHE_SIZE = 4  # captured graphs kept per engine (one per shape and prompt layout; per solve and guidance)
 FP16_MAX = 65504.0
 # Inputs and outputs of a guarded fp16 matmul stay below this bound (half of FP16_MAX: room for rounding).
@@ -164,17 +165,37 @@ class DiTEngine:
     the plain step.
     ``fp16_guards``: for an fp16 DiT, the overflow guards of the module doc (False: every op in fp16, as a naive
     fp16 model; for comparison only).
+    ``compile``: True, or a dict of ``torch.compile`` keywords, compiles the step as one graph (inductor fuses
+    what lies between our ops, which it calls as opaque custom ops); it is traced once per step shape and
+    prompt layout, and captured in the engine's CUDA graphs like the eager step (so modes with CUDA graphs of
+    their own are refused while ``cuda_graph`` captures).
     """
 
     def __init__(
-        self, dit: DiT, *, ops: str | None = None, cuda_graph: bool | str = True, fp16_guards: bool = True
+        self,
+        dit: DiT,
+        *,
+        ops: str | None = None,
+        cuda_graph: bool | str = True,
+        fp16_guards: bool = True,
+        compile: bool | dict = False,
     ) -> None:
         if not isinstance(dit, DiT):
             raise TypeError(f"dit must be a DiT, got {type(dit).__name__}")
         if not any(cuda_graph is mode if isinstance(mode, bool) else cuda_graph == mode for mode in CUDA_GRAPH_MODES):
             raise ValueError(f"cuda_graph={cuda_graph!r} is not one of {CUDA_GRAPH_MODES}")
+        if not isinstance(compile, bool | dict):
+            raise TypeError(f"compile must be a bool or a dict of torch.compile keywords, got {compile!r}")
+        options = dict(compile) if isinstance(compile, dict) else {}
+        if compile is not False and options.get("mode") in CUDA_GRAPH_COMPILE_MODES and cuda_graph is not False:
+            raise ValueError(
+                f"compile mode {options['mode']!r} captures CUDA graphs of its own, inside the engine's: use "
+                f"mode='max-autotune-no-cudagraphs' or the default, or cuda_graph=False"
+            )
         self.dit = dit
         self.ops = dit.cfg.ops if ops is None else ops
+        # The step every call runs: the eager one, or its torch.compile build (one graph, no breaks).
+        self.run_step = torch.compile(self.step, fullgraph=True, **options) if compile is not False else self.step
         self.cuda_graph = cuda_graph
         self.fp16_guards = bool(fp16_guards)
         self.graphs: OrderedDict[tuple, StaticStep] = OrderedDict()
@@ -332,7 +353,7 @@ class DiTEngine:
                 prepared.warmed = True
                 return self._warm_up(prepared, call) if capture else None
             stream = self._capture_stream(x.device) if capture else None
-            step = self._keep(key, StaticStep(partial(self.step, prepared.plan), call, shared, capture, stream))
+            step = self._keep(key, StaticStep(partial(self.run_step, prepared.plan), call, shared, capture, stream))
         self.graphs.move_to_end(key)
         return step(call, shared, owner=prepared)
 
@@ -399,7 +420,7 @@ class DiTEngine:
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             k = next(calls)
-            return self.step(plan, x, modulation[k], final[k], *shared)
+            return self.run_step(plan, x, modulation[k], final[k], *shared)
 
         return solve(velocity if guided is None else dataclasses.replace(guided, batched_fn=velocity), x, ts)
 
@@ -414,7 +435,7 @@ class DiTEngine:
         stream, current = self._capture_stream(call[0].device), torch.cuda.current_stream(call[0].device)
         stream.wait_stream(current)
         with torch.cuda.stream(stream):
-            out = self.step(prepared.plan, *call, *prepared.shared)
+            out = self.run_step(prepared.plan, *call, *prepared.shared)
         current.wait_stream(stream)
         out.record_stream(current)  # allocated on the side stream, read on this one
         return out
@@ -574,4 +595,4 @@ class PreparedDiT:
         """The DiT's velocity at call ``k`` (times[k]), x (B, C, T) -> (B, C, T)."""
         call = (x, self.modulation[k], self.final[k])
         out = self.engine.static_step(self, call)
-        return self.engine.step(self.plan, *call, *self.shared) if out is None else out
+        return self.engine.run_step(self.plan, *call, *self.shared) if out is None else out

@@ -51,7 +51,8 @@ step() {
 }
 goals() {
   local cells=(--model etta --device cuda --dtype bf16 --seconds 10 --nfes 8,100 --solvers euler --cfg-scales 3.5)
-  "$PY" benchmarks/sweep.py "${cells[@]}" --backends eager,compile,engine-torch,engine-triton,engine-cuda,onnx,tensorrt &&
+  local backends=eager,compile,engine-torch,engine-triton,engine-cuda,engine-compile,onnx,tensorrt
+  "$PY" benchmarks/sweep.py "${cells[@]}" --backends "$backends" &&
     "$PY" benchmarks/sweep.py "${cells[@]}" --backends engine-triton,engine-cuda --cuda-graph step
 }
 sweep() { "$PY" benchmarks/sweep.py --model etta --device cuda --dtype bf16; }

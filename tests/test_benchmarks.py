@@ -44,12 +44,13 @@ def test_ops_benchmark_and_its_plot(tmp_path):
 
 def test_engine_step_benchmark_writes_rows(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "engine_step.py"), "--preset", "tiny", "--device", "cpu",
-           "--frames", "22", "--reps", "2", "--nfe", "4", "--out", str(tmp_path)]  # fmt: skip
+           "--frames", "22", "--reps", "2", "--nfe", "4", "--compile", "--out", str(tmp_path)]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = tmp_path.glob("engine_step-*.json")
     rows = {r["variant"]: r for r in json.loads(path.read_text())["rows"]}
-    assert set(rows) == {"reference", "engine"}
+    assert set(rows) == {"reference", "engine", "compile", "engine-compile"}
+    assert rows["engine-compile"]["ops"] == "torch" and not rows["engine"]["cuda_graph"]
     assert rows["reference"]["speedup_vs_reference"] == 1.0 and len(rows["engine"]["ms_all"]) == 2
     assert rows["engine"]["prepare_calls"] == 4 and rows["engine"]["prepare_ms"] > 0
 
@@ -61,7 +62,8 @@ def test_sweep_smoke_and_its_plot(tmp_path):
     (path,) = tmp_path.glob("sweep-*.json")
     rows = json.loads(path.read_text())["rows"]
     cells = {(r["backend"], r["solver"], r["nfe"], r["cfg_scale"]) for r in rows}
-    assert len(cells) == len(rows) == 4 * 2 * 2 * 2  # backends (eager, engine-torch/cuda, onnx) x solvers x NFE x CFG
+    # backends (eager, engine-torch/cuda/compile, onnx) x solvers x NFE x CFG
+    assert len(cells) == len(rows) == 5 * 2 * 2 * 2
     assert "skipping backend 'tensorrt': tensorrt is not installed" in result.stderr
     for r in rows:
         assert r["e2e_ms"] >= r["dit_ms"] > 0 and r["rtf"] > 0

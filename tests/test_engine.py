@@ -201,6 +201,45 @@ def test_whole_solve_falls_back_or_refuses(tiny_cfg):
         sample_graphed(cfg(static.prepare(cond, times), 3.5), noise, solver="leapfrog", nfe=4)
 
 
+@pytest.mark.parametrize("ops", ["torch", "triton", "cuda"])
+def test_step_traces_as_one_graph(tiny_cfg, ops):
+    """torch.compile(fullgraph=True) of the step: no graph breaks with any ops (our kernels are opaque custom
+    ops), the eager step's result, one trace reused by later calls of the same shape."""
+    dit = _dit(tiny_cfg, ops=ops)
+    cond = _cond(dit, B=2)
+    x = torch.randn(4, dit.cfg.io_channels, 9, generator=torch.Generator().manual_seed(5))
+    times = [0.8, 0.3]
+    plain = DiTEngine(dit, cuda_graph=False).prepare(cond, times)
+    want = [plain(x) for _ in times]
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    velocity = DiTEngine(dit, cuda_graph=False, compile=dict(backend="eager")).prepare(cond, times)
+    for ref in want:
+        assert (velocity(x) - ref).abs().max() <= 1e-6 * ref.abs().max()
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_step_under_inductor(tiny_cfg):
+    """The step compiled by inductor (CPU code here): the eager step's result within fp32 rounding."""
+    dit = _dit(tiny_cfg)
+    cond = _cond(dit, B=2)
+    x = torch.randn(4, dit.cfg.io_channels, 9, generator=torch.Generator().manual_seed(6))
+    torch._dynamo.reset()
+    ref = DiTEngine(dit, cuda_graph=False).prepare(cond, [0.5])(x)
+    got = DiTEngine(dit, compile=True).prepare(cond, [0.5])(x)
+    assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_compile_option_is_checked(tiny_cfg):
+    dit = _dit(tiny_cfg)
+    with pytest.raises(ValueError, match="compile mode 'reduce-overhead' captures CUDA graphs of its own"):
+        DiTEngine(dit, compile=dict(mode="reduce-overhead"))
+    DiTEngine(dit, compile=dict(mode="reduce-overhead"), cuda_graph=False)  # its own graphs only: allowed
+    with pytest.raises(TypeError, match="compile must be a bool or a dict of torch.compile keywords, got 'yes'"):
+        DiTEngine(dit, compile="yes")
+
+
 def test_cuda_graph_mode_is_checked(tiny_cfg):
     with pytest.raises(ValueError, match=r"cuda_graph='always' is not one of \(True, 'step', False, 'eager'\)"):
         DiTEngine(_dit(tiny_cfg), cuda_graph="always")
