@@ -361,6 +361,37 @@ def test_bad_graph_inputs_are_clear_errors(runtime):
         dit(**{k: v for k, v in ok.items() if k != "global_cond"}, g=ok["global_cond"])
 
 
+def test_bound_graph_equals_the_plain_call(runtime):
+    """A generation's conditioning bound once (device OrtValues in an I/O binding): every step's result is the
+    plain call's, the binding is made once, the caller's arrays are copied, and misuse is a clear error."""
+    g = np.random.default_rng(0)
+    B, L = 2, 7
+    fixed = dict(
+        context=g.standard_normal((B, L, 32), np.float32),
+        context_mask=np.arange(L)[None, :] < np.array([[4], [7]]),
+        global_cond=g.standard_normal((B, 64), np.float32),
+    )
+    dit = runtime.graph("dit")
+    bound = dit.bind(**fixed)
+    states = []
+    for k in range(3):
+        x, t = g.standard_normal((B, 64, 5), np.float32), np.full(B, 1 - k / 3, np.float32)
+        (want,) = dit(x=x, t=t, **fixed)
+        (got,) = bound(x=x, t=t)
+        assert np.array_equal(got, want)
+        states.append(bound.state)
+    assert states[0] is not None and all(s is states[0] for s in states)
+    fixed["global_cond"] += 1.0  # the binding holds its own copy
+    assert np.array_equal(bound(x=x, t=t)[0], want)
+    assert not np.array_equal(dit(x=x, t=t, **fixed)[0], want)
+    with pytest.raises(ValueError, match=r"graph 'dit' has no inputs \['memory'\]; its inputs are"):
+        dit.bind(memory=fixed["context"])
+    with pytest.raises(ValueError, match=r"graph 'dit': inputs \['context'\] are bound already"):
+        bound(x=x, t=t, context=fixed["context"])
+    with pytest.raises(TypeError, match="input 'global_cond' must be float32, got float64"):
+        dit.bind(**fixed | {"global_cond": fixed["global_cond"].astype(np.float64)})(x=x, t=t)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "exc", "pattern"),
     [

@@ -8,6 +8,13 @@ called with NumPy arrays by input name and returns the outputs, in the interface
 Before running, the inputs are checked against the interface (names, dtypes, ranks, fixed sizes), against
 each other (a dimension name has one size in every input) and against the sizes the backend accepts
 (``ranges``: for ONNX Runtime the model's limits, for TensorRT the engine's optimisation profile).
+
+A generation calls the DiT graph once per solver step with the same conditioning. :meth:`Graph.bind` fixes
+those inputs once; the backends keep them where the graph runs (ONNX Runtime: device OrtValues in an I/O
+binding; TensorRT: device buffers copied once), so that a step transfers only x and t::
+
+    dit = graph.bind(context=context, context_mask=mask, global_cond=g)
+    (velocity,) = dit(x=x, t=t)
 """
 
 from __future__ import annotations
@@ -122,6 +129,45 @@ class Graph(ABC):
         outputs = self._run(inputs)
         return tuple(outputs)
 
+    def bind(self, **fixed: np.ndarray) -> BoundGraph:
+        """This graph with the inputs ``fixed`` (copied here) in every call; the calls give the others."""
+        unknown = sorted(set(fixed) - set(self.input_names))
+        if unknown:
+            raise ValueError(f"graph {self.name!r} has no inputs {unknown}; its inputs are {self.input_names}")
+        return BoundGraph(self, fixed)
+
+    def _bind(self, fixed: dict[str, np.ndarray]) -> object:
+        """A backend's state for the checked ``fixed`` inputs of a binding (default: none)."""
+        return None
+
+    def _run_bound(self, bound: BoundGraph, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run with a binding's fixed inputs and the call's checked ``inputs`` (default: as an unbound call)."""
+        return self._run({**bound.fixed, **inputs})
+
     @abstractmethod
     def _run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the graph on checked inputs; the outputs in the interface's order."""
+
+
+class BoundGraph:
+    """A graph with some inputs fixed (:meth:`Graph.bind`): ``__call__(**other_inputs) -> outputs``.
+
+    Every call is checked as a plain call (all inputs together); the backend's state for the fixed inputs is
+    made at the first call, once they have passed that check.
+    """
+
+    def __init__(self, graph: Graph, fixed: dict[str, np.ndarray]) -> None:
+        self.graph = graph
+        # Copied, so that the caller changing its arrays cannot change what the device holds.
+        self.fixed = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in fixed.items()}
+        self.state: object = None
+        self._ready = False
+
+    def __call__(self, **inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        again = sorted(set(inputs) & set(self.fixed))
+        if again:
+            raise ValueError(f"graph {self.graph.name!r}: inputs {again} are bound already; pass only the others")
+        self.graph.check_inputs({**self.fixed, **inputs})
+        if not self._ready:
+            self.state, self._ready = self.graph._bind(self.fixed), True
+        return tuple(self.graph._run_bound(self, inputs))

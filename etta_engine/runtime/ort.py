@@ -90,13 +90,25 @@ class OrtGraph(Graph):
     def _run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(self.output_names, inputs)
 
+    def _bind(self, fixed: dict[str, np.ndarray]):
+        """An I/O binding holding ``fixed`` as OrtValues on the session's device (copied there once), with the
+        values it binds (on the CPU they wrap the arrays' memory, which must outlive the binding)."""
+        ort = onnxruntime()
+        device = ("cpu", 0)
+        if self.session.get_providers()[0] == "CUDAExecutionProvider":
+            device = ("cuda", int(self.session.get_provider_options()["CUDAExecutionProvider"].get("device_id", 0)))
+        binding = self.session.io_binding()
+        values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), *device) for a in fixed.values()]
+        for name, value in zip(fixed, values, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        for name in self.output_names:
+            binding.bind_output(name, "cpu")
+        return binding, values
 
-def load_graphs(
-    directory: str | Path,
-    manifest: Manifest,
-    names: Sequence[str],
-    *,
-    providers: Sequence[str] | None = None,
-    threads: int | None = None,
-) -> dict[str, OrtGraph]:
-    return {n: OrtGraph(directory, n, manifest, providers=providers, threads=threads) for n in names}
+    def _run_bound(self, bound, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        binding, _ = bound.state
+        arrays = {name: np.ascontiguousarray(a) for name, a in inputs.items()}  # alive until the run returns
+        for name, array in arrays.items():
+            binding.bind_cpu_input(name, array)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()

@@ -188,11 +188,17 @@ class RuntimePipeline:
         if cfg_interval is not None and not 0.0 <= cfg_interval[0] <= cfg_interval[1] <= 1.0:
             raise ValueError(f"cfg_interval={cfg_interval} must satisfy 0 <= t_lo <= t_hi <= 1")
         B = cond.context.shape[0]
+        # The conditioning is bound once: the backends keep it on the device, and a step sends only x and t. The
+        # plain graph is bound at its first use (an export may hold only dit_cfg).
+        dit = None
 
         def plain(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-            (v,) = self.graph("dit")(
-                x=x, t=t, context=cond.context, context_mask=cond.context_mask, global_cond=cond.global_cond
-            )
+            nonlocal dit
+            if dit is None:
+                dit = self.graph("dit").bind(
+                    context=cond.context, context_mask=cond.context_mask, global_cond=cond.global_cond
+                )
+            (v,) = dit(x=x, t=t)
             return v
 
         if cfg_scale == 1.0 and cfg_interval is None:
@@ -207,18 +213,18 @@ class RuntimePipeline:
         scale = np.full(B, cfg_scale, dtype=np.float32)
         rescale = np.full(B, cfg_rescale, dtype=np.float32)
 
+        dit_cfg = self.graph("dit_cfg").bind(
+            context=cond.context,
+            context_mask=cond.context_mask,
+            uncond_context=uncond.context,
+            uncond_context_mask=uncond.context_mask,
+            global_cond=cond.global_cond,
+            cfg_scale=scale,
+            cfg_rescale=rescale,
+        )
+
         def guided(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-            (v,) = self.graph("dit_cfg")(
-                x=x,
-                t=t,
-                context=cond.context,
-                context_mask=cond.context_mask,
-                uncond_context=uncond.context,
-                uncond_context_mask=uncond.context_mask,
-                global_cond=cond.global_cond,
-                cfg_scale=scale,
-                cfg_rescale=rescale,
-            )
+            (v,) = dit_cfg(x=x, t=t)
             return v
 
         if cfg_interval is None:

@@ -4,8 +4,10 @@ interface of :class:`etta_engine.runtime.ort.OrtGraph` (NumPy in, NumPy out).
 Device buffers and the stream are managed with cuda-python's runtime API (``cudaMalloc``, ``cudaMemcpyAsync``,
 ``cudaStreamSynchronize``), as TensorRT's own Python samples do; each input and output has a device buffer
 that grows when a call needs more. A call: set the input shapes, copy the inputs in, bind the addresses,
-``execute_async_v3`` on the stream, copy the outputs back, synchronise. Inputs are checked against the
-engine's optimisation profile first, so a length outside it is a clear error, not a TensorRT failure.
+``execute_async_v3`` on the stream, copy the outputs back, synchronise. The fixed inputs of a binding
+(:meth:`~etta_engine.runtime.graph.Graph.bind`) are copied in only when their buffer holds something else.
+Inputs are checked against the engine's optimisation profile first, so a length outside it is a clear error,
+not a TensorRT failure.
 Written against TensorRT 10 and cuda-python 12/13; not runnable on this project's CI machines (no TensorRT).
 """
 
@@ -93,6 +95,7 @@ class TensorRTGraph(Graph):
         self._rt = rt
         self.stream = cuda_call(rt.cudaStreamCreate())
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self._resident: dict[str, object] = {}  # input name -> the binding whose fixed value its buffer holds
 
     def _check_engine(self, trt, source: str) -> None:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -125,9 +128,13 @@ class TensorRTGraph(Graph):
                 cuda_call(self._rt.cudaFree(ptr))
             ptr = cuda_call(self._rt.cudaMalloc(max(nbytes, 1)))
             self._buffers[name] = (ptr, max(nbytes, 1))
+            self._resident.pop(name, None)  # a new buffer holds nothing yet
         return self._buffers[name][0]
 
-    def _run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _run_bound(self, bound, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self._run({**bound.fixed, **inputs}, bound)
+
+    def _run(self, inputs: dict[str, np.ndarray], bound=None) -> list[np.ndarray]:
         rt = self._rt
         h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         host_inputs = {}
@@ -137,7 +144,10 @@ class TensorRTGraph(Graph):
             if not self.context.set_input_shape(spec.name, array.shape):
                 raise ValueError(f"TensorRT refused shape {array.shape} for input {spec.name!r} of {self.name!r}")
             ptr = self._device(spec.name, array.nbytes)
-            cuda_call(rt.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes, h2d, self.stream))
+            fixed = bound is not None and spec.name in bound.fixed
+            if not (fixed and self._resident.get(spec.name) is bound):
+                cuda_call(rt.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes, h2d, self.stream))
+                self._resident[spec.name] = bound if fixed else None
             self.context.set_tensor_address(spec.name, ptr)
         outputs = []
         for spec in self.interface.outputs:
