@@ -20,9 +20,10 @@ Python counter), so a step can be captured in a CUDA graph.
 CUDA graphs: on CUDA tensors each step runs on static buffers (:class:`StaticStep`) and, from the second call
 of a shape on, is replayed from a ``torch.cuda.CUDAGraph`` instead of launching its few hundred kernels one by
 one. :func:`sample_graphed` goes further: a whole fixed-step solve (every step, the guidance and the solver's
-updates) is captured in one graph and each later generation of the same shape, solver and guidance is one
-replay, with no Python between the steps. The engine keeps the graphs of its last :data:`GRAPH_CACHE_SIZE`
-shapes; a generation's inputs (noise, adaLN outputs, prompt K/V, mask) are copied into the graph's buffers.
+updates) is captured in one graph at the second generation of the same shape, solver and guidance (the first
+warms up), and each later one is one replay, with no Python between the steps. The engine keeps the graphs of
+its last :data:`GRAPH_CACHE_SIZE` shapes; a generation's inputs (noise, adaLN outputs, prompt K/V, mask) are
+copied into the graph's buffers.
 
 fp16 (a DiT whose weights are float16): fp16 has a range of 65504, which a DiT's residual stream and FFN
 activations can exceed (the official fp16 autocast path has no guard). With ``fp16_guards`` (default) the
@@ -199,6 +200,7 @@ class DiTEngine:
         self.cuda_graph = cuda_graph
         self.fp16_guards = bool(fp16_guards)
         self.graphs: OrderedDict[tuple, StaticStep] = OrderedDict()
+        self.warm: OrderedDict[tuple, None] = OrderedDict()  # solves run once on the capture stream: captured next
         self.streams: dict[torch.device, torch.cuda.Stream] = {}
 
     @property
@@ -351,7 +353,9 @@ class DiTEngine:
         if step is None:
             if not prepared.warmed:
                 prepared.warmed = True
-                return self._warm_up(prepared, call) if capture else None
+                if not capture:
+                    return None
+                return self._on_capture_stream(x.device, lambda: self.run_step(prepared.plan, *call, *shared))
             stream = self._capture_stream(x.device) if capture else None
             step = self._keep(key, StaticStep(partial(self.run_step, prepared.plan), call, shared, capture, stream))
         self.graphs.move_to_end(key)
@@ -370,7 +374,8 @@ class DiTEngine:
     ) -> SampleResult | None:
         """A whole fixed-step solve of ``prepared`` (under ``guided``'s CFG, whose ``batched_fn`` it is) from
         ``noise``, on the static buffers of its :class:`StaticStep` and, for CUDA tensors, replayed from one
-        CUDA graph (captured on first use, after one eager step on the capture stream warms it up). None where
+        CUDA graph. As for steps, the first solve of a key runs eagerly on the capture stream (warming up every
+        kernel, handle and workspace the capture will record) and the second captures and replays. None where
         the caller runs the plain :func:`~etta_engine.sampling.sample` (no static buffers or "step" mode, an
         adaptive solver, a prepared DiT already called)."""
         mode = self._static_mode(noise)
@@ -397,12 +402,16 @@ class DiTEngine:
         if loop is None:
             times = evaluation_times(solver, nfe, schedule, t_start, **options)
             _check_times(prepared, times)
-            stream = None
-            if capture:
-                stream = self._capture_stream(noise.device)
-                x = noise if guided is None else torch.cat((noise, noise))
-                self._warm_up(prepared, (x, prepared.modulation[0], prepared.final[0]))
             fn = partial(self._solve, prepared.plan, SOLVERS[solver].fn, ts, guided)
+            if capture and key not in self.warm:
+                self.warm[key] = None
+                while len(self.warm) > GRAPH_CACHE_SIZE:
+                    self.warm.popitem(last=False)
+                prepared.calls = len(prepared.times)
+                x = self._on_capture_stream(noise.device, lambda: fn(noise, *inputs))
+                return SampleResult(x=x, nfe=len(prepared.times), steps=steps)
+            self.warm.pop(key, None)
+            stream = self._capture_stream(noise.device) if capture else None
             loop = self._keep(key, StaticStep(fn, (noise,), inputs, capture, stream))
             loop.times = times
         else:
@@ -430,12 +439,12 @@ class DiTEngine:
             return None
         return "eager" if self.cuda_graph == "eager" else "capture"
 
-    def _warm_up(self, prepared: PreparedDiT, call: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """One eager step on the capture stream, before anything of its shape is captured."""
-        stream, current = self._capture_stream(call[0].device), torch.cuda.current_stream(call[0].device)
+    def _on_capture_stream(self, device: torch.device, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``fn()`` run eagerly on the capture stream: the warm-up before anything of its kind is captured."""
+        stream, current = self._capture_stream(device), torch.cuda.current_stream(device)
         stream.wait_stream(current)
         with torch.cuda.stream(stream):
-            out = self.run_step(prepared.plan, *call, *prepared.shared)
+            out = fn()
         current.wait_stream(stream)
         out.record_stream(current)  # allocated on the side stream, read on this one
         return out
@@ -469,7 +478,8 @@ def sample_graphed(
 
     Where ``velocity`` is a :class:`PreparedDiT` not called yet, or ``cfg(prepared, ...)`` of one without an
     ``interval``, and its engine keeps static buffers for ``noise`` (``cuda_graph=True`` on CUDA tensors, or
-    "eager"), the whole fixed-step solve runs through :meth:`DiTEngine.solve`: one graph replay per generation.
+    "eager"), the whole fixed-step solve runs through :meth:`DiTEngine.solve`: one graph replay per generation
+    once warmed up.
     Everything else (other velocity functions, adaptive solvers) runs ``sample`` itself. The result is the
     plain solve's up to float rounding. ``callback``: within a graph the steps' states are not seen, so it is
     called after the solve, for every step, with the final x.
@@ -506,7 +516,7 @@ class StaticStep:
     Each call copies its inputs into the buffers: the per-call ones (``call``: x, and for a step the call's
     adaLN outputs) every time, the per-generation ones (``shared``: K/V, masks) when the generation using it
     changes. The output is returned as a copy (solvers keep earlier velocities; the buffer is overwritten by the
-    next call). With ``capture`` (CUDA tensors, warmed up by an eager step on ``stream``) the function is
+    next call). With ``capture`` (CUDA tensors, warmed up by an eager run on ``stream``) the function is
     recorded once in a ``torch.cuda.CUDAGraph`` and each call replays it on the current stream; without, it
     runs eagerly on the same buffers.
     """
