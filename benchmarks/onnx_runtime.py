@@ -76,32 +76,19 @@ def _row(backend: str, stage: str, s: Setting, frames: int, times: list[float], 
 
 def runtime_rows(pipe, s: Setting, backend: str) -> list[dict]:
     """Rows of a :class:`etta_engine.runtime.RuntimePipeline` (backend "onnxruntime" or "tensorrt")."""
-    from etta_engine.runtime import Conditioning
-
     prompts = ["rain on a tin roof, distant thunder"] * s.batch
     frames = pipe.latent_frames(s.seconds)
     noise = pipe.noise(range(s.batch), frames)
     cond = pipe.encode(prompts, seconds_total=s.seconds)
-    uncond = Conditioning(np.zeros_like(cond.context), cond.context_mask, cond.global_cond)
     t = np.full(s.batch, 0.5, dtype=np.float32)
-    scale = np.full(s.batch, s.cfg_scale, dtype=np.float32)
     latents = pipe.sample(cond, None, noise, nfe=s.nfe, solver=s.solver, cfg_scale=s.cfg_scale)
+    # A step as the sampling loop runs it: the graph with the generation's conditioning bound.
+    plain = pipe.velocity_fn(cond, None, cfg_scale=1.0)
+    guided = pipe.velocity_fn(cond, None, cfg_scale=s.cfg_scale)
     stages = {
         "conditioner": lambda: pipe.encode(prompts, seconds_total=s.seconds),
-        "dit_step": lambda: pipe.graph("dit")(
-            x=noise, t=t, context=cond.context, context_mask=cond.context_mask, global_cond=cond.global_cond
-        ),
-        "dit_cfg_step": lambda: pipe.graph("dit_cfg")(
-            x=noise,
-            t=t,
-            context=cond.context,
-            context_mask=cond.context_mask,
-            uncond_context=uncond.context,
-            uncond_context_mask=uncond.context_mask,
-            global_cond=cond.global_cond,
-            cfg_scale=scale,
-            cfg_rescale=np.zeros_like(scale),
-        ),
+        "dit_step": lambda: plain(noise, t),
+        "dit_cfg_step": lambda: guided(noise, t),
         "sampling_loop": lambda: pipe.sample(cond, None, noise, nfe=s.nfe, solver=s.solver, cfg_scale=s.cfg_scale),
         "vae_decode": lambda: pipe.decode(latents),
         "total": lambda: pipe.generate(

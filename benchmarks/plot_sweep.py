@@ -1,6 +1,7 @@
 """Plots of a benchmarks/sweep.py result: end-to-end latency against NFE, and the error against latency with
 each solver's Pareto front (the settings no other setting beats on both), one column per guidance scale.
-The torch-free runtime's rows (backends ``onnx`` and ``tensorrt``: the exported graphs) are drawn dashed.
+In the latency plot a backend has one colour and a solver one marker; the torch-free runtime's rows (backends
+``onnx`` and ``tensorrt``: the exported graphs) are drawn dashed.
 
 python benchmarks/plot_sweep.py benchmarks/results/sweep-<device>-<date>.json -o sweep.png
 """
@@ -12,6 +13,7 @@ import json
 from pathlib import Path
 
 RUNTIME_BACKENDS = ("onnx", "tensorrt")
+MARKERS = "osD^vP*X"  # one per solver
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -34,10 +36,11 @@ def plot(result: Path, out: Path) -> Path:
     scales = sorted({r["cfg_scale"] for r in rows})
     solvers = sorted({r["solver"] for r in rows})
     backends = sorted({r["backend"] for r in rows})
+    colors = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(backends)}
     fig, axes = plt.subplots(2, len(scales), figsize=(5.5 * len(scales), 8), squeeze=False)
     for col, scale in enumerate(scales):
         top, bottom = axes[0, col], axes[1, col]
-        for solver in solvers:
+        for k, solver in enumerate(solvers):
             for backend in backends:
                 cells = sorted(
                     (r["nfe"], r["e2e_ms"])
@@ -46,7 +49,8 @@ def plot(result: Path, out: Path) -> Path:
                 )
                 if cells:
                     style = "--" if backend in RUNTIME_BACKENDS else "-"
-                    top.plot(*zip(*cells, strict=True), style, marker="o", label=f"{solver} / {backend}")
+                    look = dict(marker=MARKERS[k % len(MARKERS)], color=colors[backend], label=f"{solver} / {backend}")
+                    top.plot(*zip(*cells, strict=True), style, **look)
             points = [
                 (r["e2e_ms"], r["latent_rel_rmse"]) for r in rows if (r["solver"], r["cfg_scale"]) == (solver, scale)
             ]
