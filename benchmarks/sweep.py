@@ -125,7 +125,7 @@ def timed(device: torch.device, fn):
     return out, (time.perf_counter() - start) * 1e3
 
 
-def run(args) -> list[dict]:
+def run(args) -> tuple[list[dict], list[dict]]:
     device = torch.device(args.device)
     backends = []
     for backend in args.backends:
@@ -150,8 +150,10 @@ def run(args) -> list[dict]:
         return sweep(args, model.to(device), backends, pipelines)
 
 
-def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> list[dict]:
-    """The rows of every cell of ``backends`` x solvers x NFE x CFG (``pipelines``: the runtime backends')."""
+def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> tuple[list[dict], list[dict]]:
+    """The rows of every cell of ``backends`` x solvers x NFE x CFG (``pipelines``: the runtime backends'), and
+    the failures: a backend that raises is reported (its first error) and skipped for the rest of the sweep,
+    so that it does not cost the other backends' rows."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     model.dit.to(dtype)
     mcfg = model.cfg
@@ -193,7 +195,7 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> list[
         stages = {"text_ms": text_ms, "dit_ms": dit_ms, "vae_ms": vae_ms}
         return torch.from_numpy(x).to(device), torch.from_numpy(audio).to(device), stages
 
-    rows = []
+    rows, failures = [], []
     cells = [
         (b, s, n, w)
         for b, s, n, w in itertools.product(backends, args.solvers, args.nfes, args.cfg_scales)
@@ -204,10 +206,18 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> list[
         for scale in args.cfg_scales:  # the high-accuracy solution of each guidance setting
             references[scale] = generate("eager", "rk4", args.reference_nfe, scale)[:2]
         for backend, solver, nfe, scale in tqdm(cells, desc="sweep", unit="cell"):
-            generate(backend, solver, nfe, scale)  # warm-up (compilation, allocator)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            x, audio, stages = generate(backend, solver, nfe, scale)
+            if any(f["backend"] == backend for f in failures):
+                continue
+            try:
+                generate(backend, solver, nfe, scale)  # warm-up (compilation, allocator, CUDA graph capture)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                x, audio, stages = generate(backend, solver, nfe, scale)
+            except Exception as e:  # reported, and the script exits non-zero
+                cell = {"backend": backend, "solver": solver, "nfe": nfe, "cfg_scale": scale}
+                failures.append(cell | {"error": repr(e)})
+                print(f"backend {backend!r} failed at {solver} nfe={nfe} cfg={scale}: {e!r}", file=sys.stderr)
+                continue
             x_ref, audio_ref = references[scale]
             e2e = sum(stages.values())
             peak = None  # CPU: not measured; the runtime backends allocate outside torch
@@ -235,7 +245,7 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> list[
                     "reference": f"rk4 nfe={args.reference_nfe}",
                 }
             )
-    return rows
+    return rows, failures
 
 
 def _runtime_info(pipe) -> dict | None:
@@ -281,13 +291,14 @@ def main() -> None:
         parser.error(f"unknown backends {unknown}; choices: {list(BACKENDS)}")
     for solver in args.solvers:
         steps_for(solver, 100)  # unknown solvers fail here, with the choices
-    rows = run(args)
+    rows, failures = run(args)
     env = environment(torch.device(args.device))
     for name in ("onnxruntime", "tensorrt"):
         try:
             env[name] = __import__(name).__version__
         except ImportError:
             env[name] = None
+    env["failures"] = failures
     path = write_results("sweep", env, rows, args.out)
     for r in rows:
         print(
@@ -295,6 +306,8 @@ def main() -> None:
             f"{r['e2e_ms']:9.1f} ms (dit {r['dit_ms']:.1f})  rmse {r['latent_rel_rmse']:.3g}"
         )
     print(f"-> {path}")
+    if failures:
+        raise SystemExit(f"backends {[f['backend'] for f in failures]} failed (errors in the file's environment)")
 
 
 if __name__ == "__main__":

@@ -52,8 +52,11 @@ step() {
 goals() {
   local cells=(--model etta --device cuda --dtype bf16 --seconds 10 --nfes 8,100 --solvers euler --cfg-scales 3.5)
   local backends=eager,compile,engine-torch,engine-triton,engine-cuda,engine-compile,onnx,tensorrt
-  "$PY" benchmarks/sweep.py "${cells[@]}" --backends "$backends" &&
-    "$PY" benchmarks/sweep.py "${cells[@]}" --backends engine-triton,engine-cuda --cuda-graph step
+  # Both runs, whatever the first one's status (a failing backend there still leaves the others' rows).
+  "$PY" benchmarks/sweep.py "${cells[@]}" --backends "$backends"
+  local first=$?
+  "$PY" benchmarks/sweep.py "${cells[@]}" --backends engine-triton,engine-cuda --cuda-graph step || return
+  return $first
 }
 sweep() { "$PY" benchmarks/sweep.py --model etta --device cuda --dtype bf16; }
 vae() {

@@ -82,6 +82,26 @@ def test_sweep_smoke_and_its_plot(tmp_path):
     assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_sweep_reports_a_failing_backend_and_keeps_the_others(monkeypatch):
+    """A backend that raises costs only its own rows: its first error is reported, the rest of it skipped."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import sweep
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("capture failed")
+
+    monkeypatch.setattr(sweep.DiTEngine, "prepare", broken)
+    args = argparse.Namespace(model="tiny", device="cpu", dtype="fp32", seconds=0.5, nfes=[2, 4], solvers=["euler"],
+                              cfg_scales=[3.5], backends=["eager", "engine-torch"], reference_nfe=8,
+                              cuda_graph="solve")  # fmt: skip
+    rows, failures = sweep.run(args)
+    assert [(r["backend"], r["nfe"]) for r in rows] == [("eager", 2), ("eager", 4)]
+    cell = {"backend": "engine-torch", "solver": "euler", "nfe": 2, "cfg_scale": 3.5}
+    assert failures == [cell | {"error": "RuntimeError('capture failed')"}]
+
+
 def test_vae_precision_benchmark_writes_rows(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "vae_precision.py"), "--smoke", "--out", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True)
