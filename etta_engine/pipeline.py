@@ -38,7 +38,6 @@ from etta_engine.sampling import (
     cfg,
     inpaint,
     invert,
-    sample,
     steps_for,
 )
 
@@ -349,7 +348,7 @@ class Pipeline:
         with _progress(2 * (steps or 0), progress, "editing") as bar:
             step = dict(solver=solver, nfe=nfe, schedule=schedule, callback=lambda i, _: bar.update())
             noise = invert(velocity(source, inversion_cfg_scale, True), x0, t_end=strength, **step).x
-            x_edit = sample(velocity(prompt, cfg_scale, False), noise, t_start=strength, **step).x
+            x_edit = sample_graphed(velocity(prompt, cfg_scale, False), noise, t_start=strength, **step).x
         return (x_edit, noise) if return_noise else x_edit
 
     # ------------------------------------------------------------------ pieces of generate
