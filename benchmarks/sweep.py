@@ -169,7 +169,7 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> tuple
         """(latents, decoded audio, stage times in ms) of one generation."""
         if backend in pipelines:
             return generate_runtime(pipelines[backend], solver, nfe, scale)
-        cond, text_ms = timed(device, lambda: model.condition(prompts, 0.0, args.seconds))
+        cond, text_ms = timed(device, lambda: model.condition(prompts, 0.0, args.seconds, padding=args.padding))
         cond = DiTConditioning(cond.context.to(dtype), cond.context_mask, cond.global_cond.to(dtype))
         guided = scale != 1.0
         null = DiTConditioning(torch.zeros_like(cond.context), cond.context_mask, cond.global_cond)
@@ -189,7 +189,7 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> tuple
     def generate_runtime(pipe, solver: str, nfe: int, scale: float):
         """The same generation with the exported graphs (NumPy in and out; the same noise and stages)."""
         cpu = torch.device("cpu")
-        cond, text_ms = timed(cpu, lambda: pipe.encode(prompts, seconds_total=args.seconds))
+        cond, text_ms = timed(cpu, lambda: pipe.encode(prompts, seconds_total=args.seconds, padding=args.padding))
         x, dit_ms = timed(cpu, lambda: pipe.sample(cond, None, runtime_noise, nfe=nfe, solver=solver, cfg_scale=scale))
         audio, vae_ms = timed(cpu, lambda: pipe.decode(x, chunk_frames=None))
         stages = {"text_ms": text_ms, "dit_ms": dit_ms, "vae_ms": vae_ms}
@@ -233,6 +233,7 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> tuple
                     "nfe": nfe,
                     "cfg_scale": scale,
                     "dtype": args.dtype,
+                    "padding": args.padding,
                     "cuda_graph": args.cuda_graph if backend in engines and device.type == "cuda" else None,
                     "runtime": _runtime_info(pipelines.get(backend)),
                     "seconds": args.seconds,
@@ -279,6 +280,8 @@ def main() -> None:
     parser.add_argument("--reference-nfe", type=int, default=400)
     graphs_help = "the engine backends' CUDA graphs (CUDA devices): one per whole solve, one per step, or none"
     parser.add_argument("--cuda-graph", choices=list(CUDA_GRAPH_MODES), default="solve", help=graphs_help)
+    parser.add_argument("--padding", choices=["max_length", "longest"], default="max_length",
+                        help="prompt padding: to the text encoder's length (official) or to the prompt's")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="CPU check of the script: tiny, 1 s, a few cells")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args()

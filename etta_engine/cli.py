@@ -71,6 +71,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         audio_prompt=args.audio_prompt,
         audio_prompt_scale=args.audio_prompt_scale,
         decode_chunk_frames=args.decode_chunk or None,
+        padding=args.padding,
         progress=not args.quiet,
     )
     for i, path in enumerate(output_paths(output, len(prompts))):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from etta_engine.audio_prompt import EmbeddingProvider, as_batch, get_provider
 from etta_engine.checkpoint import PRETRAINED, atomic_write, is_pretrained, load_model
@@ -201,6 +202,7 @@ class Pipeline:
         audio_prompt_scale: float = 1.0,
         decode_chunk_frames: int | None = 512,
         truncate: bool = False,
+        padding: str = "max_length",
         progress: bool = True,
     ) -> Audio:
         """Generate one clip per prompt; item i uses ``seed + i`` (or ``seed[i]``) and equals a single
@@ -216,6 +218,9 @@ class Pipeline:
         audio_prompt: a clip or an embedding (see :meth:`audio_embedding`), one for all prompts or one per
         prompt; ``audio_prompt_scale`` weighs it (0: the text-only model; the uncond half of CFG gets the null
         audio tokens).
+        padding: "max_length" pads prompts to the text encoder's length (512 for etta, as the official code);
+        "longest" to the batch's longest prompt: the same audio up to float rounding, with the text encoder, the
+        prompt K/V and every step's cross-attention on the prompt's tokens only.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
@@ -241,7 +246,7 @@ class Pipeline:
         times = None
         if self.use_engine and solver not in ADAPTIVE_SOLVERS:
             times = evaluation_times(solver, nfe, schedule, strength)
-        guide = dict(scale=cfg_scale, rescale=cfg_rescale, interval=cfg_interval, times=times)
+        guide = dict(scale=cfg_scale, rescale=cfg_rescale, interval=cfg_interval, times=times, padding=padding)
         args = (prompts, seconds, negative_prompt, truncate)
         velocity = self._guided_velocity(self.model, *args, **guide, audio=audio)
         if autoguidance_scale is not None:
@@ -396,6 +401,7 @@ class Pipeline:
         interval,
         times=None,
         audio=None,
+        padding="max_length",
     ) -> VelocityFn:
         """``model``'s velocity with classifier-free guidance, cond and uncond batched in one forward; prepared
         by the engine for calls at ``times`` (None: the plain model per call). ``audio``: (tokens, scale) of an
@@ -410,7 +416,7 @@ class Pipeline:
             return self._engine(dit).prepare(c, times, audio=prompt)
 
         tokens = None if audio is None else audio[0]
-        cond = model.condition(prompts, 0.0, seconds, truncate=truncate)
+        cond = model.condition(prompts, 0.0, seconds, truncate=truncate, padding=padding)
         cond = DiTConditioning(cond.context.to(dtype), cond.context_mask, cond.global_cond.to(dtype))
         if scale == 1.0 and interval is None:
             return velocity(cond, tokens)
@@ -418,7 +424,8 @@ class Pipeline:
             # The official null conditioning: a zero memory with the same mask; timestep and seconds kept.
             uncond = DiTConditioning(torch.zeros_like(cond.context), cond.context_mask, cond.global_cond)
         else:
-            neg = model.condition([negative_prompt] * len(prompts), 0.0, seconds, truncate=truncate)
+            neg = model.condition([negative_prompt] * len(prompts), 0.0, seconds, truncate=truncate, padding=padding)
+            cond, neg = _same_length(cond, neg)
             uncond = DiTConditioning(neg.context.to(dtype), neg.context_mask, cond.global_cond)
         both = DiTConditioning(*(torch.cat(pair) for pair in zip(cond, uncond, strict=True)))
         if tokens is not None:
@@ -454,6 +461,18 @@ class Pipeline:
         """Latent frames (1, 1, T) whose whole span of samples lies inside the kept regions."""
         ratio = self.cfg.vae.downsampling_ratio
         return keep_samples[: T * ratio].view(T, ratio).all(dim=1).view(1, 1, T)
+
+
+def _same_length(a: DiTConditioning, b: DiTConditioning) -> tuple[DiTConditioning, DiTConditioning]:
+    """``a`` and ``b`` with the shorter memory padded at its end (zeros, masked) to the longer's length: exact,
+    since the cross-attention gives masked tokens no weight and has no positions."""
+    L = max(a.context.shape[1], b.context.shape[1])
+
+    def pad(c: DiTConditioning) -> DiTConditioning:
+        n = L - c.context.shape[1]
+        return DiTConditioning(F.pad(c.context, (0, 0, 0, n)), F.pad(c.context_mask, (0, n)), c.global_cond)
+
+    return pad(a), pad(b)
 
 
 def _splice(generated: torch.Tensor, original: torch.Tensor, keep: torch.Tensor, fade: int) -> torch.Tensor:

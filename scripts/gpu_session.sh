@@ -10,7 +10,7 @@
 #   tests    pytest -m gpu: the kernels, the engine, export and TensorRT tests that need a GPU
 #   step     benchmarks/engine_step.py: the etta DiT step, eager vs engine (+ torch.compile), fp32 and bf16
 #   goals    benchmarks/sweep.py at the goal cells: etta, 10 s, CFG 3.5, NFE 8 and 100, Euler, bf16
-#            (then the engine with per-step graphs, next to the whole-solve graphs of the first run)
+#            (then the engine with per-step graphs, and with prompts padded to their length, not 512)
 #   sweep    the full NFE x solver x CFG x backend grid (bf16); the longest phase
 #   vae      benchmarks/vae_precision.py on the etta preset and on the demo model
 #   ops      benchmarks/ops.py (every op against eager, torch.compile and SDPA)
@@ -56,6 +56,7 @@ goals() {
   "$PY" benchmarks/sweep.py "${cells[@]}" --backends "$backends"
   local first=$?
   "$PY" benchmarks/sweep.py "${cells[@]}" --backends engine-triton,engine-cuda --cuda-graph step || return
+  "$PY" benchmarks/sweep.py "${cells[@]}" --backends engine-triton,engine-cuda --padding longest || return
   return $first
 }
 sweep() { "$PY" benchmarks/sweep.py --model etta --device cuda --dtype bf16; }

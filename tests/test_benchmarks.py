@@ -94,10 +94,10 @@ def test_sweep_reports_a_failing_backend_and_keeps_the_others(monkeypatch):
 
     monkeypatch.setattr(sweep.DiTEngine, "prepare", broken)
     args = argparse.Namespace(model="tiny", device="cpu", dtype="fp32", seconds=0.5, nfes=[2, 4], solvers=["euler"],
-                              cfg_scales=[3.5], backends=["eager", "engine-torch"], reference_nfe=8,
+                              cfg_scales=[3.5], backends=["eager", "engine-torch"], reference_nfe=8, padding="longest",
                               cuda_graph="solve")  # fmt: skip
     rows, failures = sweep.run(args)
-    assert [(r["backend"], r["nfe"]) for r in rows] == [("eager", 2), ("eager", 4)]
+    assert [(r["backend"], r["nfe"], r["padding"]) for r in rows] == [("eager", 2, "longest"), ("eager", 4, "longest")]
     cell = {"backend": "engine-torch", "solver": "euler", "nfe": 2, "cfg_scale": 3.5}
     assert failures == [cell | {"error": "RuntimeError('capture failed')"}]
 

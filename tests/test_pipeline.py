@@ -38,6 +38,22 @@ def test_same_seed_same_audio_and_batch_equals_single(pipe):
     assert not torch.allclose(other.waveform, single.waveform, atol=1e-3)
 
 
+@pytest.mark.parametrize("negative", [None, "a long negative prompt, longer than any of the prompts"])
+def test_padding_to_the_longest_prompt_changes_only_rounding(pipe, negative):
+    """padding="longest": the memory holds the batch's longest prompt (not 512 tokens) and the audio is the
+    max_length audio up to float rounding, with the null memory and with a negative prompt of another length."""
+    prompts = ["a dog barks", "rain on a tin roof, then thunder"]
+    cond = pipe.model.condition(prompts, 0.0, 1.0, padding="longest")
+    longest = max(len(pipe.model.text_encoder.tokenizer(p)["input_ids"]) for p in prompts)
+    assert cond.context.shape[1] == longest + 2 < pipe.cfg.text.max_length  # + the two seconds tokens
+    kw = dict(seconds=0.5, nfe=4, cfg_scale=3.5, seed=3, negative_prompt=negative, progress=False)
+    full = pipe.generate(prompts, **kw).waveform
+    short = pipe.generate(prompts, padding="longest", **kw).waveform
+    assert (short - full).abs().max() <= 1e-4 * full.abs().max()
+    with pytest.raises(ValueError, match=r"padding='left' is not one of \('max_length', 'longest'\)"):
+        pipe.generate(prompts, padding="left", **kw)
+
+
 def test_prompt_and_guidance_change_the_result(pipe):
     kw = dict(seconds=0.5, nfe=3, seed=0, progress=False)
     a = pipe.generate("a dog barks", cfg_scale=3.0, **kw).waveform

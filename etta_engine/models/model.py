@@ -57,14 +57,15 @@ class ETTAModel(nn.Module):
         seconds_start: float | Sequence[float] | torch.Tensor = 0.0,
         seconds_total: float | Sequence[float] | torch.Tensor = 10.0,
         truncate: bool = False,
+        padding: str = "max_length",
     ) -> DiTConditioning:
-        """Encode prompts and seconds into the DiT's conditioning inputs."""
+        """Encode prompts and seconds into the DiT's conditioning inputs (``padding``: see T5TextEncoder)."""
         if self.text_encoder is None:
             raise RuntimeError(
                 f"model {self.cfg.name!r} has no text encoder loaded: call load_text_encoder(path) with a local "
                 f"directory holding {self.cfg.text.pretrained}"
             )
-        text, mask = self.text_encoder(prompts, truncate=truncate)
+        text, mask = self.text_encoder(prompts, truncate=truncate, padding=padding)
         dtype = next(self.conditioner.parameters()).dtype
         numbers = {"seconds_start": seconds_start, "seconds_total": seconds_total}
         return self.conditioner(text.to(dtype), mask, numbers)

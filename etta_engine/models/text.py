@@ -17,6 +17,7 @@ import torch.nn as nn
 from etta_engine.config import TextConfig
 
 BYTE_VOCAB_SIZE = 384  # ByT5: 3 special tokens + 256 bytes + 125 sentinel ids
+PADDINGS = ("max_length", "longest")  # pad every prompt to max_length, or to the batch's longest
 
 
 def _transformers():
@@ -54,7 +55,12 @@ def _look_around(attention: nn.Module) -> None:
 
 class T5TextEncoder(nn.Module):
     """Frozen T5 encoder. ``forward(prompts)`` -> (embeddings (B, L, dim) fp32, padding zeroed; mask (B, L) bool),
-    with L = ``cfg.max_length``: prompts are padded to it, and longer ones are refused (or truncated)."""
+    with L = ``cfg.max_length``: prompts are padded to it, and longer ones are refused (or truncated).
+
+    ``padding="longest"`` pads to the batch's longest prompt instead. The real tokens' embeddings are the same up
+    to float rounding (the attention mask gives padding exactly zero weight, and T5's position biases are
+    relative), and so is everything the DiT computes from them (its cross-attention masks the padding too);
+    the encoder, the prompt K/V and every step's cross-attention then run on tens of tokens, not 512."""
 
     def __init__(self, cfg: TextConfig, model: nn.Module, tokenizer) -> None:
         super().__init__()
@@ -104,8 +110,13 @@ class T5TextEncoder(nn.Module):
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
-    def tokenize(self, prompts: Sequence[str], truncate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids (B, max_length) and mask (B, max_length) bool; over-long prompts raise unless ``truncate``."""
+    def tokenize(
+        self, prompts: Sequence[str], truncate: bool = False, padding: str = "max_length"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (B, L) and mask (B, L) bool, L = max_length (or the longest prompt's length with
+        ``padding="longest"``); over-long prompts raise unless ``truncate``."""
+        if padding not in PADDINGS:
+            raise ValueError(f"padding={padding!r} is not one of {PADDINGS}")
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
             raise TypeError(f"prompts must be a list of strings, got {type(prompts).__name__}")
         if len(prompts) == 0:
@@ -122,7 +133,7 @@ class T5TextEncoder(nn.Module):
                         f"prompt {i} is {n} tokens long, over the text encoder's limit of {L} tokens "
                         "(text.max_length); shorten it or pass truncate=True"
                     )
-        enc = self.tokenizer(list(prompts), padding="max_length", max_length=L, truncation=True, return_tensors="pt")
+        enc = self.tokenizer(list(prompts), padding=padding, max_length=L, truncation=True, return_tensors="pt")
         return enc["input_ids"], enc["attention_mask"].bool()
 
     def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -132,7 +143,9 @@ class T5TextEncoder(nn.Module):
         return hidden.float() * mask[..., None]
 
     @torch.no_grad()
-    def forward(self, prompts: Sequence[str], truncate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask = self.tokenize(prompts, truncate)
+    def forward(
+        self, prompts: Sequence[str], truncate: bool = False, padding: str = "max_length"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = self.tokenize(prompts, truncate, padding)
         ids, mask = ids.to(self.device), mask.to(self.device)
         return self.encode(ids, mask), mask

@@ -56,7 +56,7 @@ def generate_from_args(args: argparse.Namespace, backend: str, command: str) -> 
         seed=args.seed,
         negative_prompt=args.negative_prompt,
         decode_chunk_frames=args.decode_chunk or None,
-        padding=getattr(args, "padding", "max_length"),
+        padding=args.padding,
         progress=not args.quiet,
     )
     for i, path in enumerate(output_paths(output, len(prompts))):
@@ -83,6 +83,13 @@ def add_sampling_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--prompts-file", default=None, help="one prompt per line")
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--decode-chunk", type=int, default=512, help="decode in windows of this many latents (0: whole)")
+    g.add_argument(
+        "--padding",
+        default="max_length",
+        choices=("max_length", "longest"),
+        help="pad prompts to the text encoder's length (as the official code) or to the longest prompt (the same "
+        "audio up to rounding, faster)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -90,12 +97,6 @@ def add_runtime_args(g: argparse.ArgumentParser) -> None:
     """Options of the runtime backends only."""
     g.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     g.add_argument("--providers", default=None, help="ONNX Runtime providers, comma-separated (default: CUDA, CPU)")
-    g.add_argument(
-        "--padding",
-        default="max_length",
-        choices=("max_length", "longest"),
-        help="pad prompts to the text encoder's length (as torch) or to the longest prompt (faster)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
