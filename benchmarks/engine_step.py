@@ -32,10 +32,11 @@ from etta_engine.models.dit import DiT
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def cfg_batch(cfg, frames: int, prompt_tokens: int, device, dtype):
-    """x (2, C, T), t (2,), and the conditioning of [prompt, official null] (zero memory, same mask)."""
+def cfg_batch(cfg, frames: int, prompt_tokens: int, device, dtype, padding: str = "max_length"):
+    """x (2, C, T), t (2,), and the conditioning of [prompt, official null] (zero memory, same mask); the memory
+    holds the text encoder's max_length tokens + 2 or, with ``padding="longest"``, the prompt's + 2."""
     g = torch.Generator().manual_seed(0)
-    L = cfg.context_length
+    L = cfg.context_length if padding == "max_length" else prompt_tokens + 2
     context = torch.randn(1, L, cfg.dit.cond_dim, generator=g)
     mask = (torch.arange(L) < prompt_tokens)[None, :]
     global_cond = torch.randn(1, cfg.dit.global_cond_dim, generator=g)
@@ -53,7 +54,7 @@ def run(args) -> list[dict]:
     cfg = get_preset(args.preset)
     with torch.device(device):
         dit = DiT(cfg.dit).eval().to(dtype)
-    x, t, cond = cfg_batch(cfg, args.frames, args.prompt_tokens, device, dtype)
+    x, t, cond = cfg_batch(cfg, args.frames, args.prompt_tokens, device, dtype, args.padding)
     times = evaluation_times("euler", args.nfe)
 
     synchronize(device)
@@ -92,7 +93,8 @@ def run(args) -> list[dict]:
                 "cuda_graph": name.startswith("engine") and device.type == "cuda",
                 "batch": 2,
                 "frames": args.frames,
-                "context_length": cfg.context_length,
+                "context_length": cond.context.shape[1],
+                "padding": args.padding,
                 "ms": median,
                 "ms_all": ms,
                 "speedup_vs_reference": ref / median,
@@ -111,6 +113,8 @@ def main() -> None:
     parser.add_argument("--ops", default=None, help="ops implementation of the engine step (default: the DiT's)")
     parser.add_argument("--frames", type=int, default=215, help="latent frames (215 = 10 s)")
     parser.add_argument("--prompt-tokens", type=int, default=24, help="valid tokens of the prompt's mask")
+    padding_help = "memory length: the text encoder's max_length + 2 (official) or the prompt's + 2"
+    parser.add_argument("--padding", choices=["max_length", "longest"], default="max_length", help=padding_help)
     parser.add_argument("--nfe", type=int, default=8, help="calls prepared for (the hoisted adaLN covers them)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="add a torch.compile(dit) row")

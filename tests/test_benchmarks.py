@@ -44,13 +44,15 @@ def test_ops_benchmark_and_its_plot(tmp_path):
 
 def test_engine_step_benchmark_writes_rows(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "engine_step.py"), "--preset", "tiny", "--device", "cpu",
-           "--frames", "22", "--reps", "2", "--nfe", "4", "--compile", "--out", str(tmp_path)]  # fmt: skip
+           "--frames", "22", "--reps", "2", "--nfe", "4", "--compile", "--padding", "longest",
+           "--prompt-tokens", "5", "--out", str(tmp_path)]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = tmp_path.glob("engine_step-*.json")
     rows = {r["variant"]: r for r in json.loads(path.read_text())["rows"]}
     assert set(rows) == {"reference", "engine", "compile", "engine-compile"}
     assert rows["engine-compile"]["ops"] == "torch" and not rows["engine"]["cuda_graph"]
+    assert rows["engine"]["padding"] == "longest" and rows["engine"]["context_length"] == 5 + 2
     assert rows["reference"]["speedup_vs_reference"] == 1.0 and len(rows["engine"]["ms_all"]) == 2
     assert rows["engine"]["prepare_calls"] == 4 and rows["engine"]["prepare_ms"] > 0
 
