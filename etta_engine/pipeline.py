@@ -219,8 +219,8 @@ class Pipeline:
         prompt; ``audio_prompt_scale`` weighs it (0: the text-only model; the uncond half of CFG gets the null
         audio tokens).
         padding: "max_length" pads prompts to the text encoder's length (512 for etta, as the official code);
-        "longest" to the batch's longest prompt: the same audio up to float rounding, with the text encoder, the
-        prompt K/V and every step's cross-attention on the prompt's tokens only.
+        "longest" to the batch's longest prompt, rounded up to 32 tokens: the same audio up to float rounding,
+        with the text encoder, the prompt K/V and every step's cross-attention on tens of tokens.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:

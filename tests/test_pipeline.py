@@ -40,12 +40,15 @@ def test_same_seed_same_audio_and_batch_equals_single(pipe):
 
 @pytest.mark.parametrize("negative", [None, "a long negative prompt, longer than any of the prompts"])
 def test_padding_to_the_longest_prompt_changes_only_rounding(pipe, negative):
-    """padding="longest": the memory holds the batch's longest prompt (not 512 tokens) and the audio is the
-    max_length audio up to float rounding, with the null memory and with a negative prompt of another length."""
-    prompts = ["a dog barks", "rain on a tin roof, then thunder"]
+    """padding="longest": the memory holds the batch's longest prompt rounded up to 32 tokens (not 512) and the
+    audio is the max_length audio up to float rounding, with the null memory and with a negative prompt of
+    another length."""
+    prompts = ["a dog barks", "rain on a tin roof, then thunder, then a long silence"]  # 12 and 54 bytes
+    ids, mask = pipe.model.text_encoder.tokenize(prompts, padding="longest")
+    assert ids.shape == mask.shape == (2, 64) and mask.sum(dim=1).tolist() == [12, 54]
+    assert (ids[~mask] == pipe.model.text_encoder.tokenizer.pad_token_id).all()
     cond = pipe.model.condition(prompts, 0.0, 1.0, padding="longest")
-    longest = max(len(pipe.model.text_encoder.tokenizer(p)["input_ids"]) for p in prompts)
-    assert cond.context.shape[1] == longest + 2 < pipe.cfg.text.max_length  # + the two seconds tokens
+    assert cond.context.shape[1] == 64 + 2  # + the two seconds tokens
     kw = dict(seconds=0.5, nfe=4, cfg_scale=3.5, seed=3, negative_prompt=negative, progress=False)
     full = pipe.generate(prompts, **kw).waveform
     short = pipe.generate(prompts, padding="longest", **kw).waveform

@@ -27,7 +27,7 @@ from etta_engine.cli import main as etta
 from etta_engine.pipeline import Pipeline
 from etta_engine.runtime import ManifestError, RuntimePipeline, ShapeError
 from etta_engine.runtime import sampling as R
-from etta_engine.runtime.tokenizer import ByteTokenizer, JsonTokenizer
+from etta_engine.runtime.tokenizer import ByteTokenizer, JsonTokenizer, padded_width
 
 pytest.importorskip("onnxruntime")
 
@@ -133,8 +133,9 @@ def test_byte_tokenizer_matches_byt5(max_length):
     ids, mask = ours(TRICKY, truncate=True)
     assert ids.dtype == mask.dtype == np.int64 and ids.shape == (len(TRICKY), max_length)
     assert ids.tolist() == enc["input_ids"] and mask.tolist() == enc["attention_mask"]
-    longest, _ = ours(TRICKY, truncate=True, padding="longest")
-    assert longest.shape[1] == max(int(m.sum()) for m in mask)
+    longest, longest_mask = ours(TRICKY, truncate=True, padding="longest")
+    assert longest.shape[1] == padded_width(max(int(m.sum()) for m in mask), max_length, "longest")
+    assert np.array_equal(longest, ids[:, : longest.shape[1]]) and np.array_equal(longest_mask.sum(1), mask.sum(1))
     if max_length == 6:
         with pytest.raises(ValueError, match="prompt 0 is 12 tokens long, over the text encoder's limit of 6"):
             ours(TRICKY)
@@ -215,6 +216,16 @@ def test_runtime_generates_the_torch_pipelines_audio_from_the_same_noise(pipe, r
     got = runtime.generate(prompts, seconds=seconds, noise=noise, progress=False, **kwargs)
     assert got.sample_rate == want.sample_rate and got.waveform.shape == tuple(want.waveform.shape) == (2, 2, 44100)
     assert rel_err(torch.from_numpy(got.waveform), want.waveform) < AUDIO_TOL
+
+
+def test_padded_width_rounds_the_longest_prompt_up_to_a_multiple():
+    from etta_engine.runtime.tokenizer import PAD_MULTIPLE
+
+    assert PAD_MULTIPLE == 32
+    assert [padded_width(n, 512, "longest") for n in (1, 32, 33, 500, 512)] == [32, 32, 64, 512, 512]
+    assert padded_width(33, 40, "longest") == 40 and padded_width(3, 40, "max_length") == 40
+    with pytest.raises(ValueError, match=r"padding='right' is not one of \('max_length', 'longest'\)"):
+        padded_width(3, 40, "right")
 
 
 def test_padding_to_the_longest_prompt_changes_only_rounding(runtime):

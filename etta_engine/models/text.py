@@ -13,11 +13,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from etta_engine.config import TextConfig
+from etta_engine.runtime.tokenizer import PADDINGS, padded_width
 
 BYTE_VOCAB_SIZE = 384  # ByT5: 3 special tokens + 256 bytes + 125 sentinel ids
-PADDINGS = ("max_length", "longest")  # pad every prompt to max_length, or to the batch's longest
 
 
 def _transformers():
@@ -57,10 +58,12 @@ class T5TextEncoder(nn.Module):
     """Frozen T5 encoder. ``forward(prompts)`` -> (embeddings (B, L, dim) fp32, padding zeroed; mask (B, L) bool),
     with L = ``cfg.max_length``: prompts are padded to it, and longer ones are refused (or truncated).
 
-    ``padding="longest"`` pads to the batch's longest prompt instead. The real tokens' embeddings are the same up
-    to float rounding (the attention mask gives padding exactly zero weight, and T5's position biases are
-    relative), and so is everything the DiT computes from them (its cross-attention masks the padding too);
-    the encoder, the prompt K/V and every step's cross-attention then run on tens of tokens, not 512."""
+    ``padding="longest"`` pads to the batch's longest prompt instead, rounded up to a multiple of 32 tokens
+    (:func:`~etta_engine.runtime.tokenizer.padded_width`: few shapes, so captured CUDA graphs are reused). The
+    real tokens' embeddings are the same up to float rounding (the attention mask gives padding exactly zero
+    weight, and T5's position biases are relative), and so is everything the DiT computes from them (its
+    cross-attention masks the padding too); the encoder, the prompt K/V and every step's cross-attention then
+    run on tens of tokens, not 512."""
 
     def __init__(self, cfg: TextConfig, model: nn.Module, tokenizer) -> None:
         super().__init__()
@@ -113,8 +116,8 @@ class T5TextEncoder(nn.Module):
     def tokenize(
         self, prompts: Sequence[str], truncate: bool = False, padding: str = "max_length"
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids (B, L) and mask (B, L) bool, L = max_length (or the longest prompt's length with
-        ``padding="longest"``); over-long prompts raise unless ``truncate``."""
+        """Token ids (B, L) and mask (B, L) bool, L = max_length (or, with ``padding="longest"``, the longest
+        prompt's length rounded up to a multiple of 32); over-long prompts raise unless ``truncate``."""
         if padding not in PADDINGS:
             raise ValueError(f"padding={padding!r} is not one of {PADDINGS}")
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
@@ -134,7 +137,9 @@ class T5TextEncoder(nn.Module):
                         "(text.max_length); shorten it or pass truncate=True"
                     )
         enc = self.tokenizer(list(prompts), padding=padding, max_length=L, truncation=True, return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"].bool()
+        ids, mask = enc["input_ids"], enc["attention_mask"].bool()
+        extra = padded_width(ids.shape[1], L, padding) - ids.shape[1]
+        return F.pad(ids, (0, extra), value=self.tokenizer.pad_token_id), F.pad(mask, (0, extra))
 
     def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Token ids (B, L) and mask (B, L) bool -> embeddings (B, L, dim) fp32, padding zeroed. Differentiable:

@@ -87,8 +87,8 @@ def add_sampling_args(g: argparse.ArgumentParser) -> None:
         "--padding",
         default="max_length",
         choices=("max_length", "longest"),
-        help="pad prompts to the text encoder's length (as the official code) or to the longest prompt (the same "
-        "audio up to rounding, faster)",
+        help="pad prompts to the text encoder's length (as the official code) or to the longest prompt rounded up "
+        "to 32 tokens (the same audio up to rounding, faster)",
     )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 

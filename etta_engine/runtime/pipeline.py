@@ -152,8 +152,9 @@ class RuntimePipeline:
     ) -> Conditioning:
         """Prompts and seconds -> the DiT's conditioning (the ``conditioner`` graph).
 
-        padding="max_length" pads every prompt to the text encoder's length, as the torch pipeline does;
-        "longest" pads to the longest prompt (shorter cross-attention, the same result up to rounding).
+        padding="max_length" pads every prompt to the text encoder's length, as the official code does;
+        "longest" pads to the longest prompt rounded up to 32 tokens (shorter cross-attention, the same result
+        up to rounding).
         """
         if self.tokenizer is None:
             raise ManifestError(

@@ -7,8 +7,9 @@
 - :class:`JsonTokenizer`: a pretrained T5's tokenizer saved as ``tokenizer.json`` and run with the
   ``tokenizers`` library (what ``transformers``' fast T5 tokenizer runs).
 
-Both return ids and mask (B, L) int64, padded to ``max_length`` (or to the longest prompt) like
-:meth:`etta_engine.models.text.T5TextEncoder.tokenize`, and refuse over-long prompts unless ``truncate``.
+Both return ids and mask (B, L) int64, padded to ``max_length`` (or to the longest prompt, see
+:func:`padded_width`) like :meth:`etta_engine.models.text.T5TextEncoder.tokenize`, and refuse over-long prompts
+unless ``truncate``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,20 @@ _OFFSET = 3  # ids of the bytes start after the three special tokens
 _EXTRA_IDS = 125
 _SPECIAL = re.compile(r"\s*(<pad>|</s>|<unk>)\s*|<extra_id_(0|[1-9][0-9]*)>")
 PADDINGS = ("max_length", "longest")
+# padding="longest" rounds the width up to a multiple of this: a few memory lengths for all prompts, so that
+# what is keyed by shape (captured CUDA graphs, TensorRT shapes) is reused across prompts.
+PAD_MULTIPLE = 32
+
+
+def padded_width(longest: int, max_length: int, padding: str) -> int:
+    """The token width of a batch whose longest prompt has ``longest`` tokens: ``max_length`` for
+    padding="max_length", else ``longest`` rounded up to a multiple of :data:`PAD_MULTIPLE` (at most
+    ``max_length``)."""
+    if padding not in PADDINGS:
+        raise ValueError(f"padding={padding!r} is not one of {PADDINGS}")
+    if padding == "max_length":
+        return max_length
+    return min(max_length, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
 
 
 def check_prompts(prompts) -> list[str]:
@@ -50,7 +65,7 @@ class _Tokenizer:
     def __call__(
         self, prompts: Sequence[str], *, truncate: bool = False, padding: str = "max_length"
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids and mask, both (B, L) int64, L = ``max_length`` or the longest prompt's length."""
+        """Token ids and mask, both (B, L) int64, L = :func:`padded_width` of the prompts."""
         prompts = check_prompts(prompts)
         if padding not in PADDINGS:
             raise ValueError(f"padding={padding!r} is not one of {PADDINGS}")
@@ -66,7 +81,7 @@ class _Tokenizer:
                     )
                 ids = self._truncate(ids, text)
             rows.append(ids)
-        width = L if padding == "max_length" else max(len(r) for r in rows)
+        width = padded_width(max(len(r) for r in rows), L, padding)
         input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
         for i, r in enumerate(rows):
