@@ -294,6 +294,23 @@ def test_whole_solve_graph_equals_the_plain_solve(tiny_cfg, dtype, solver):
 
 
 @pytest.mark.gpu
+def test_compiled_step_inside_the_engines_graphs(tiny_cfg):
+    """DiTEngine(compile=True): inductor's step, warmed up then captured in a whole-solve graph, replayed."""
+    dit = _dit(tiny_cfg).cuda()
+    conds = [DiTConditioning(*(t.cuda() for t in _cond(dit, B=2, seed=s))) for s in (0, 1, 2)]
+    noise = torch.randn(2, dit.cfg.io_channels, 23, generator=torch.Generator().manual_seed(3)).cuda()
+    plain, compiled = DiTEngine(dit, cuda_graph=False), DiTEngine(dit, ops="torch", compile=True)
+    times = evaluation_times("euler", 4)
+    torch._dynamo.reset()
+    for c in conds:
+        ref = sample(cfg(plain.prepare(c, times), 3.5), noise, nfe=4).x
+        got = sample_graphed(cfg(compiled.prepare(c, times), 3.5), noise, nfe=4).x
+        assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
+    (solve,) = compiled.graphs.values()
+    assert solve.graph is not None
+
+
+@pytest.mark.gpu
 def test_pipeline_with_and_without_cuda_graphs():
     from etta_engine.pipeline import Pipeline
 
