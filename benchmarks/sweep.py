@@ -196,9 +196,11 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> tuple
         return torch.from_numpy(x).to(device), torch.from_numpy(audio).to(device), stages
 
     rows, failures = [], []
+    # Backends vary fastest: each setting is timed on every backend back to back, so that a drift of the
+    # machine's speed over the sweep does not end up in the ratios between backends.
     cells = [
         (b, s, n, w)
-        for b, s, n, w in itertools.product(backends, args.solvers, args.nfes, args.cfg_scales)
+        for s, n, w, b in itertools.product(args.solvers, args.nfes, args.cfg_scales, backends)
         if _fits(s, n)
     ]
     references = {}
