@@ -199,9 +199,12 @@ class DiTEngine:
         self.run_step = torch.compile(self.step, fullgraph=True, **options) if compile is not False else self.step
         self.cuda_graph = cuda_graph
         self.fp16_guards = bool(fp16_guards)
-        self.graphs: OrderedDict[tuple, StaticStep] = OrderedDict()
-        self.warm: OrderedDict[tuple, None] = OrderedDict()  # solves run once on the capture stream: captured next
-        self.streams: dict[torch.device, torch.cuda.Stream] = {}
+        self.cache = GraphCache()
+
+    @property
+    def graphs(self) -> OrderedDict[tuple, StaticStep]:
+        """The cached static steps and solves, by key, the most recently used last."""
+        return self.cache.graphs
 
     @property
     def guarded(self) -> bool:
@@ -337,9 +340,8 @@ class DiTEngine:
 
     def static_step(self, prepared: PreparedDiT, call: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
         """One call through the cached :class:`StaticStep` of its shape, or None where the caller runs the plain
-        step (no static buffers here). The first call of a shape without a cached graph runs eagerly on the capture
-        stream: it warms up what must not happen during capture (cuBLAS handles and workspaces, which are per
-        stream, Triton compilation and autotuning)."""
+        step (no static buffers here). On CUDA, a shape's first call warms up and its second captures
+        (:class:`GraphCache`)."""
         x = call[0]
         mode = self._static_mode(x)
         if mode is None:
@@ -349,16 +351,13 @@ class DiTEngine:
         # The weights' addresses are part of the key: a graph reads them where they were at capture.
         key = ("step", prepared.plan, tuple(x.shape), x.dtype, str(x.device), self.ops, prepared.weights_key,
                _shapes(shared))  # fmt: skip
-        step = self.graphs.get(key)
+        step = self.cache.get(key)
         if step is None:
-            if not prepared.warmed:
-                prepared.warmed = True
-                if not capture:
-                    return None
-                return self._on_capture_stream(x.device, lambda: self.run_step(prepared.plan, *call, *shared))
-            stream = self._capture_stream(x.device) if capture else None
-            step = self._keep(key, StaticStep(partial(self.run_step, prepared.plan), call, shared, capture, stream))
-        self.graphs.move_to_end(key)
+            if capture and self.cache.first_use(key):
+                return self.cache.warm_up(x.device, lambda: self.run_step(prepared.plan, *call, *shared))
+            stream = self.cache.stream(x.device) if capture else None
+            fn = partial(self.run_step, prepared.plan)
+            step = self.cache.keep(key, StaticStep(fn, call, shared, capture, stream))
         return step(call, shared, owner=prepared)
 
     def solve(
@@ -398,25 +397,20 @@ class DiTEngine:
         guidance = None if guided is None else (guided.scale, guided.rescale)
         key = ("solve", solver, tuple(ts.tolist()), guidance, prepared.plan, tuple(noise.shape), noise.dtype,
                str(noise.device), self.ops, prepared.weights_key, _shapes(inputs))  # fmt: skip
-        loop = self.graphs.get(key)
+        loop = self.cache.get(key)
         if loop is None:
             times = evaluation_times(solver, nfe, schedule, t_start, **options)
             _check_times(prepared, times)
             fn = partial(self._solve, prepared.plan, SOLVERS[solver].fn, ts, guided)
-            if capture and key not in self.warm:
-                self.warm[key] = None
-                while len(self.warm) > GRAPH_CACHE_SIZE:
-                    self.warm.popitem(last=False)
+            if capture and self.cache.first_use(key):
                 prepared.calls = len(prepared.times)
-                x = self._on_capture_stream(noise.device, lambda: fn(noise, *inputs))
+                x = self.cache.warm_up(noise.device, lambda: fn(noise, *inputs))
                 return SampleResult(x=x, nfe=len(prepared.times), steps=steps)
-            self.warm.pop(key, None)
-            stream = self._capture_stream(noise.device) if capture else None
-            loop = self._keep(key, StaticStep(fn, (noise,), inputs, capture, stream))
+            stream = self.cache.stream(noise.device) if capture else None
+            loop = self.cache.keep(key, StaticStep(fn, (noise,), inputs, capture, stream))
             loop.times = times
         else:
             _check_times(prepared, loop.times)
-        self.graphs.move_to_end(key)
         x = loop((noise,), inputs, owner=prepared)
         prepared.calls = len(prepared.times)
         return SampleResult(x=x, nfe=len(prepared.times), steps=steps)
@@ -438,29 +432,6 @@ class DiTEngine:
         if self.cuda_graph is False or (self.cuda_graph != "eager" and not x.is_cuda):
             return None
         return "eager" if self.cuda_graph == "eager" else "capture"
-
-    def _on_capture_stream(self, device: torch.device, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """``fn()`` run eagerly on the capture stream: the warm-up before anything of its kind is captured."""
-        stream, current = self._capture_stream(device), torch.cuda.current_stream(device)
-        stream.wait_stream(current)
-        with torch.cuda.stream(stream):
-            out = fn()
-        current.wait_stream(stream)
-        out.record_stream(current)  # allocated on the side stream, read on this one
-        return out
-
-    def _keep(self, key: tuple, static: StaticStep) -> StaticStep:
-        """Cache ``static`` under ``key``, dropping the least recently used beyond :data:`GRAPH_CACHE_SIZE`."""
-        self.graphs[key] = static
-        while len(self.graphs) > GRAPH_CACHE_SIZE:
-            self.graphs.popitem(last=False)
-        return static
-
-    def _capture_stream(self, device: torch.device) -> torch.cuda.Stream:
-        """The side stream on which this engine warms up and captures its graphs on ``device``."""
-        if device not in self.streams:
-            self.streams[device] = torch.cuda.Stream(device)
-        return self.streams[device]
 
 
 def sample_graphed(
@@ -508,6 +479,62 @@ def _check_times(prepared: PreparedDiT, times: list[float]) -> None:
             f"the solve calls the DiT at t={times} but it was prepared for t={prepared.times}; prepare it with the "
             "solver's evaluation_times"
         )
+
+
+class GraphCache:
+    """The static functions (:class:`StaticStep`) of one owner by key, the last ``size`` used kept, and per CUDA
+    device the side stream on which they are warmed up and captured.
+
+    A key's first use on a CUDA device runs eagerly on that stream (:meth:`warm_up`): it does there what must not
+    happen during a capture (cuBLAS handles and workspaces, which are per stream, Triton compilation and
+    autotuning, torch.compile's tracing); its second use captures.
+    """
+
+    def __init__(self, size: int = GRAPH_CACHE_SIZE) -> None:
+        self.size = size
+        self.graphs: OrderedDict[tuple, StaticStep] = OrderedDict()
+        self.warm: OrderedDict[tuple, None] = OrderedDict()  # keys warmed up, to be captured at their next use
+        self.streams: dict[torch.device, torch.cuda.Stream] = {}
+
+    def get(self, key: tuple) -> StaticStep | None:
+        """The cached function of ``key`` (marked most recently used), or None."""
+        static = self.graphs.get(key)
+        if static is not None:
+            self.graphs.move_to_end(key)
+        return static
+
+    def keep(self, key: tuple, static: StaticStep) -> StaticStep:
+        """Cache ``static`` under ``key``, dropping the least recently used beyond ``size``."""
+        self.warm.pop(key, None)
+        self.graphs[key] = static
+        while len(self.graphs) > self.size:
+            self.graphs.popitem(last=False)
+        return static
+
+    def first_use(self, key: tuple) -> bool:
+        """Whether ``key`` is used for the first time (then it is marked warmed up)."""
+        if key in self.warm:
+            return False
+        self.warm[key] = None
+        while len(self.warm) > self.size:
+            self.warm.popitem(last=False)
+        return True
+
+    def stream(self, device: torch.device) -> torch.cuda.Stream:
+        """The side stream of ``device`` on which this cache warms up and captures."""
+        if device not in self.streams:
+            self.streams[device] = torch.cuda.Stream(device)
+        return self.streams[device]
+
+    def warm_up(self, device: torch.device, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``fn()`` run eagerly on the side stream of ``device``, ordered with the current stream both ways."""
+        stream, current = self.stream(device), torch.cuda.current_stream(device)
+        stream.wait_stream(current)
+        with torch.cuda.stream(stream):
+            out = fn()
+        current.wait_stream(stream)
+        out.record_stream(current)  # allocated on the side stream, read on this one
+        return out
 
 
 class StaticStep:
@@ -572,7 +599,6 @@ class PreparedDiT:
         self.shared = shared  # (kv, kv_mask, index, bounds): the step's per-generation inputs
         modules = (engine.dit,) if plan.adapter is None else (engine.dit, plan.adapter)
         self.weights_key = tuple(p.data_ptr() for m in modules for p in m.parameters())
-        self.warmed = False
         self.calls = 0
 
     @property

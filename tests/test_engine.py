@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import randomize_, rel_err
 
-from etta_engine.engine import DiTEngine, evaluation_times, guarded_linear, sample_graphed
+from etta_engine.engine import DiTEngine, GraphCache, evaluation_times, guarded_linear, sample_graphed
 from etta_engine.models.conditioning import DiTConditioning
 from etta_engine.models.dit import DiT
 from etta_engine.sampling import cfg, sample
@@ -238,6 +238,20 @@ def test_compile_option_is_checked(tiny_cfg):
     DiTEngine(dit, compile=dict(mode="reduce-overhead"), cuda_graph=False)  # its own graphs only: allowed
     with pytest.raises(TypeError, match="compile must be a bool or a dict of torch.compile keywords, got 'yes'"):
         DiTEngine(dit, compile="yes")
+
+
+def test_graph_cache_keeps_the_last_used_and_warms_up_each_key_once():
+    cache = GraphCache(size=2)
+    assert cache.first_use("a") and not cache.first_use("a")  # warmed up once, captured at the next use
+    cache.keep("a", "graph a")
+    assert "a" not in cache.warm and cache.get("a") == "graph a"
+    cache.keep("b", "graph b")
+    assert cache.get("a") == "graph a"  # now the most recently used
+    cache.keep("c", "graph c")
+    assert list(cache.graphs) == ["a", "c"] and cache.get("b") is None
+    for key in range(5):
+        cache.first_use(key)
+    assert list(cache.warm) == [3, 4]
 
 
 def test_cuda_graph_mode_is_checked(tiny_cfg):
