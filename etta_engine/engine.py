@@ -22,8 +22,8 @@ of a shape on, is replayed from a ``torch.cuda.CUDAGraph`` instead of launching 
 one. :func:`sample_graphed` goes further: a whole fixed-step solve (every step, the guidance and the solver's
 updates) is captured in one graph at the second generation of the same shape, solver and guidance (the first
 warms up), and each later one is one replay, with no Python between the steps. The engine keeps the graphs of
-its last :data:`GRAPH_CACHE_SIZE` shapes; a generation's inputs (noise, adaLN outputs, prompt K/V, mask) are
-copied into the graph's buffers.
+its last :data:`~etta_engine.graphs.GRAPH_CACHE_SIZE` shapes (:mod:`etta_engine.graphs`); a generation's inputs
+(noise, adaLN outputs, prompt K/V, mask) are copied into the graph's buffers.
 
 fp16 (a DiT whose weights are float16): fp16 has a range of 65504, which a DiT's residual stream and FFN
 activations can exceed (the official fp16 autocast path has no guard). With ``fp16_guards`` (default) the
@@ -41,7 +41,6 @@ fp16 input nor the fp16 output can overflow (:func:`guarded_linear`): exact scal
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -53,6 +52,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from etta_engine import ops
+from etta_engine.graphs import GraphCache, StaticStep, check_cuda_graph_mode
 from etta_engine.models.adapter import AudioAdapter, AudioPrompt
 from etta_engine.models.conditioning import DiTConditioning
 from etta_engine.models.dit import DiT
@@ -69,9 +69,7 @@ from etta_engine.sampling import (
 )
 
 ADAPTIVE_SOLVERS = ("dopri5",)
-CUDA_GRAPH_MODES = (True, "step", False, "eager")
 CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that capture CUDA graphs
-GRAPH_CACHE_SIZE = 4  # captured graphs kept per engine (one per shape and prompt layout; per solve and guidance)
 FP16_MAX = 65504.0
 # Inputs and outputs of a guarded fp16 matmul stay below this bound (half of FP16_MAX: room for rounding).
 FP16_GUARD_LIMIT = 2.0**15
@@ -183,8 +181,7 @@ class DiTEngine:
     ) -> None:
         if not isinstance(dit, DiT):
             raise TypeError(f"dit must be a DiT, got {type(dit).__name__}")
-        if not any(cuda_graph is mode if isinstance(mode, bool) else cuda_graph == mode for mode in CUDA_GRAPH_MODES):
-            raise ValueError(f"cuda_graph={cuda_graph!r} is not one of {CUDA_GRAPH_MODES}")
+        check_cuda_graph_mode(cuda_graph)
         if not isinstance(compile, bool | dict):
             raise TypeError(f"compile must be a bool or a dict of torch.compile keywords, got {compile!r}")
         options = dict(compile) if isinstance(compile, dict) else {}
@@ -479,110 +476,6 @@ def _check_times(prepared: PreparedDiT, times: list[float]) -> None:
             f"the solve calls the DiT at t={times} but it was prepared for t={prepared.times}; prepare it with the "
             "solver's evaluation_times"
         )
-
-
-class GraphCache:
-    """The static functions (:class:`StaticStep`) of one owner by key, the last ``size`` used kept, and per CUDA
-    device the side stream on which they are warmed up and captured.
-
-    A key's first use on a CUDA device runs eagerly on that stream (:meth:`warm_up`): it does there what must not
-    happen during a capture (cuBLAS handles and workspaces, which are per stream, Triton compilation and
-    autotuning, torch.compile's tracing); its second use captures.
-    """
-
-    def __init__(self, size: int = GRAPH_CACHE_SIZE) -> None:
-        self.size = size
-        self.graphs: OrderedDict[tuple, StaticStep] = OrderedDict()
-        self.warm: OrderedDict[tuple, None] = OrderedDict()  # keys warmed up, to be captured at their next use
-        self.streams: dict[torch.device, torch.cuda.Stream] = {}
-
-    def get(self, key: tuple) -> StaticStep | None:
-        """The cached function of ``key`` (marked most recently used), or None."""
-        static = self.graphs.get(key)
-        if static is not None:
-            self.graphs.move_to_end(key)
-        return static
-
-    def keep(self, key: tuple, static: StaticStep) -> StaticStep:
-        """Cache ``static`` under ``key``, dropping the least recently used beyond ``size``."""
-        self.warm.pop(key, None)
-        self.graphs[key] = static
-        while len(self.graphs) > self.size:
-            self.graphs.popitem(last=False)
-        return static
-
-    def first_use(self, key: tuple) -> bool:
-        """Whether ``key`` is used for the first time (then it is marked warmed up)."""
-        if key in self.warm:
-            return False
-        self.warm[key] = None
-        while len(self.warm) > self.size:
-            self.warm.popitem(last=False)
-        return True
-
-    def stream(self, device: torch.device) -> torch.cuda.Stream:
-        """The side stream of ``device`` on which this cache warms up and captures."""
-        if device not in self.streams:
-            self.streams[device] = torch.cuda.Stream(device)
-        return self.streams[device]
-
-    def warm_up(self, device: torch.device, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """``fn()`` run eagerly on the side stream of ``device``, ordered with the current stream both ways."""
-        stream, current = self.stream(device), torch.cuda.current_stream(device)
-        stream.wait_stream(current)
-        with torch.cuda.stream(stream):
-            out = fn()
-        current.wait_stream(stream)
-        out.record_stream(current)  # allocated on the side stream, read on this one
-        return out
-
-
-class StaticStep:
-    """A function (one step, or a whole solve) run on buffers it owns, so that a CUDA graph can replay it.
-
-    Each call copies its inputs into the buffers: the per-call ones (``call``: x, and for a step the call's
-    adaLN outputs) every time, the per-generation ones (``shared``: K/V, masks) when the generation using it
-    changes. The output is returned as a copy (solvers keep earlier velocities; the buffer is overwritten by the
-    next call). With ``capture`` (CUDA tensors, warmed up by an eager run on ``stream``) the function is
-    recorded once in a ``torch.cuda.CUDAGraph`` and each call replays it on the current stream; without, it
-    runs eagerly on the same buffers.
-    """
-
-    def __init__(
-        self,
-        fn: Callable[..., torch.Tensor],
-        call: Sequence[torch.Tensor],
-        shared: Sequence[torch.Tensor | None],
-        capture: bool,
-        stream: torch.cuda.Stream | None = None,
-    ) -> None:
-        self.fn = fn
-        self.call = [t.clone() for t in call]
-        self.shared = [None if t is None else t.clone() for t in shared]
-        self.owner: weakref.ref | None = None  # the generation whose per-generation inputs the buffers hold
-        self.graph = None
-        self.output = None
-        self.times: list[float] | None = None  # a whole solve's call times
-        if capture:
-            self.graph = torch.cuda.CUDAGraph()
-            # Capture records the kernels without running them (the output buffer is written by replays), on
-            # ``stream``: the stream of the warm-up run, whose cuBLAS handles and workspaces it reuses.
-            with torch.cuda.graph(self.graph, stream=stream):
-                self.output = fn(*self.call, *self.shared)
-
-    def __call__(self, call, shared, owner) -> torch.Tensor:
-        if self.owner is None or self.owner() is not owner:
-            for buffer, t in zip(self.shared, shared, strict=True):
-                if buffer is not None:
-                    buffer.copy_(t)
-            self.owner = weakref.ref(owner)
-        for buffer, t in zip(self.call, call, strict=True):
-            buffer.copy_(t)
-        if self.graph is None:
-            self.output = self.fn(*self.call, *self.shared)
-        else:
-            self.graph.replay()
-        return self.output.clone()
 
 
 class PreparedDiT:

@@ -79,10 +79,10 @@ class Pipeline:
     # Run the DiT through etta_engine.engine (hoisted adaLN, prompt K/V, skipped uncond cross-attention) for the
     # fixed-step solvers; False runs the plain model at every call (the reference path).
     use_engine: bool = True
-    # On a CUDA device, replay the engine's work from CUDA graphs, captured once per shape and kept by the
-    # pipeline's engines across generations (DiTEngine's cuda_graph): True replays a whole text-to-audio solve
-    # (CFG without an interval, no inpainting or autoguidance) as one graph and anything else step by step;
-    # "step" replays every solve step by step; False launches the step's kernels one by one.
+    # On a CUDA device, replay the text encoder and the engine's work from CUDA graphs, captured once per shape
+    # and kept across generations (DiTEngine's cuda_graph): True replays a whole text-to-audio solve (CFG without
+    # an interval, no inpainting or autoguidance) as one graph and anything else step by step; "step" replays
+    # every solve step by step; False launches the kernels one by one.
     cuda_graphs: bool | str = True
 
     def __init__(
@@ -416,7 +416,8 @@ class Pipeline:
             return self._engine(dit).prepare(c, times, audio=prompt)
 
         tokens = None if audio is None else audio[0]
-        cond = model.condition(prompts, 0.0, seconds, truncate=truncate, padding=padding)
+        encode = dict(truncate=truncate, padding=padding, cuda_graph=self.cuda_graphs)
+        cond = model.condition(prompts, 0.0, seconds, **encode)
         cond = DiTConditioning(cond.context.to(dtype), cond.context_mask, cond.global_cond.to(dtype))
         if scale == 1.0 and interval is None:
             return velocity(cond, tokens)
@@ -424,7 +425,7 @@ class Pipeline:
             # The official null conditioning: a zero memory with the same mask; timestep and seconds kept.
             uncond = DiTConditioning(torch.zeros_like(cond.context), cond.context_mask, cond.global_cond)
         else:
-            neg = model.condition([negative_prompt] * len(prompts), 0.0, seconds, truncate=truncate, padding=padding)
+            neg = model.condition([negative_prompt] * len(prompts), 0.0, seconds, **encode)
             cond, neg = _same_length(cond, neg)
             uncond = DiTConditioning(neg.context.to(dtype), neg.context_mask, cond.global_cond)
         both = DiTConditioning(*(torch.cat(pair) for pair in zip(cond, uncond, strict=True)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -111,6 +112,32 @@ def test_model_condition_end_to_end(tiny_model, tiny_cfg):
     assert cond.global_cond.shape == (2, tiny_cfg.dit.global_cond_dim)
     v = tiny_model.dit(torch.randn(2, 64, 5), torch.rand(2), *cond)
     assert v.shape == (2, 64, 5)
+
+
+def test_text_encoder_on_static_buffers_equals_the_plain_encoder():
+    """cuda_graph="eager" runs the graph path's buffers on the CPU: one static encoder per batch shape, each
+    batch's own embeddings, a copied model capturing its own; a bad mode is refused."""
+    enc = E.ETTAModel.from_preset("tiny").text_encoder
+    batches = [["a dog barks", "rain"], ["thunder, then silence", "a bell"], ["one prompt"]]
+    for prompts in batches:
+        want, want_mask = enc(prompts)
+        got, mask = enc(prompts, cuda_graph="eager")
+        assert torch.equal(mask, want_mask) and torch.equal(got, want)
+    assert [key[0] for key in enc.graphs.graphs] == [(2, 128), (1, 128)]  # (batch, max_length) shapes
+    assert not copy.deepcopy(enc).graphs.graphs  # a copy's graphs would read the original's buffers
+    with pytest.raises(ValueError, match=r"cuda_graph='always' is not one of \(True, 'step', False, 'eager'\)"):
+        enc(["x"], cuda_graph="always")
+
+
+@pytest.mark.gpu
+def test_text_encoder_cuda_graph_equals_the_plain_encoder():
+    enc = E.ETTAModel.from_preset("tiny").text_encoder.cuda()
+    for prompts in (["a dog barks", "rain"], ["thunder", "a bell"], ["sea waves", "wind"]):  # warm, capture, replay
+        want, _ = enc(prompts)
+        got, _ = enc(prompts, cuda_graph=True)
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    (static,) = enc.graphs.graphs.values()
+    assert static.graph is not None
 
 
 @pytest.mark.parametrize("preset", ["tiny", "demo"])

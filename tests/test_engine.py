@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import randomize_, rel_err
 
-from etta_engine.engine import DiTEngine, GraphCache, evaluation_times, guarded_linear, sample_graphed
+from etta_engine.engine import DiTEngine, evaluation_times, guarded_linear, sample_graphed
+from etta_engine.graphs import GraphCache
 from etta_engine.models.conditioning import DiTConditioning
 from etta_engine.models.dit import DiT
 from etta_engine.sampling import cfg, sample

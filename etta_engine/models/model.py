@@ -58,14 +58,16 @@ class ETTAModel(nn.Module):
         seconds_total: float | Sequence[float] | torch.Tensor = 10.0,
         truncate: bool = False,
         padding: str = "max_length",
+        cuda_graph: bool | str = False,
     ) -> DiTConditioning:
-        """Encode prompts and seconds into the DiT's conditioning inputs (``padding``: see T5TextEncoder)."""
+        """Encode prompts and seconds into the DiT's conditioning inputs (``padding`` and ``cuda_graph``: see
+        :meth:`T5TextEncoder.forward`)."""
         if self.text_encoder is None:
             raise RuntimeError(
                 f"model {self.cfg.name!r} has no text encoder loaded: call load_text_encoder(path) with a local "
                 f"directory holding {self.cfg.text.pretrained}"
             )
-        text, mask = self.text_encoder(prompts, truncate=truncate, padding=padding)
+        text, mask = self.text_encoder(prompts, truncate=truncate, padding=padding, cuda_graph=cuda_graph)
         dtype = next(self.conditioner.parameters()).dtype
         numbers = {"seconds_start": seconds_start, "seconds_total": seconds_total}
         return self.conditioner(text.to(dtype), mask, numbers)

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from etta_engine.config import TextConfig
+from etta_engine.graphs import GraphCache, StaticStep, check_cuda_graph_mode
 from etta_engine.runtime.tokenizer import PADDINGS, padded_width
 
 BYTE_VOCAB_SIZE = 384  # ByT5: 3 special tokens + 256 bytes + 125 sentinel ids
@@ -73,6 +74,7 @@ class T5TextEncoder(nn.Module):
         d_model = model.config.d_model
         if d_model != cfg.dim:
             raise ValueError(f"the T5 encoder has d_model={d_model} but the model config expects text.dim={cfg.dim}")
+        self.graphs = GraphCache()  # the inference encoder's CUDA graphs, per batch shape (forward(cuda_graph=...))
 
     @classmethod
     def from_pretrained(cls, cfg: TextConfig, path: str | os.PathLike | None = None) -> T5TextEncoder:
@@ -149,8 +151,30 @@ class T5TextEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(
-        self, prompts: Sequence[str], truncate: bool = False, padding: str = "max_length"
+        self,
+        prompts: Sequence[str],
+        truncate: bool = False,
+        padding: str = "max_length",
+        cuda_graph: bool | str = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings and mask of ``prompts`` (:meth:`tokenize`, :meth:`encode`). ``cuda_graph``: True (or "step")
+        replays the encoder from a CUDA graph per batch shape on a CUDA device (a shape's first call warms up, its
+        second captures; padded to max_length, every batch of one size has one shape); "eager" runs the same
+        static buffers eagerly on any device; False runs the plain encoder."""
+        check_cuda_graph_mode(cuda_graph)
         ids, mask = self.tokenize(prompts, truncate, padding)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        return self.encode(ids, mask), mask
+        if cuda_graph is False or (cuda_graph != "eager" and not ids.is_cuda):
+            return self.encode(ids, mask), mask
+        return self._static_encode(ids, mask, capture=cuda_graph != "eager"), mask
+
+    def _static_encode(self, ids: torch.Tensor, mask: torch.Tensor, capture: bool) -> torch.Tensor:
+        # The weights' addresses are part of the key: a graph reads them where they were at capture.
+        key = (tuple(ids.shape), str(ids.device), tuple(p.data_ptr() for p in self.parameters()))
+        static = self.graphs.get(key)
+        if static is None:
+            if capture and self.graphs.first_use(key):
+                return self.graphs.warm_up(ids.device, lambda: self.encode(ids, mask))
+            stream = self.graphs.stream(ids.device) if capture else None
+            static = self.graphs.keep(key, StaticStep(self.encode, (ids, mask), (), capture, stream))
+        return static((ids, mask), (), owner=self)
