@@ -86,7 +86,7 @@ class GraphCache:
 
 
 class StaticStep:
-    """A function (one step, or a whole solve) run on buffers it owns, so that a CUDA graph can replay it.
+    """A function (a DiT step, a whole solve, the text encoder) on buffers it owns, for a CUDA graph to replay.
 
     Each call copies its inputs into the buffers: the per-call ones (``call``: x, and for a step the call's
     adaLN outputs) every time, the per-generation ones (``shared``: K/V, masks) when the generation using it
