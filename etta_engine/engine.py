@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from etta_engine import ops
-from etta_engine.graphs import GraphCache, StaticStep, check_cuda_graph_mode
+from etta_engine.graphs import GraphCache, StaticStep, check_cuda_graph_mode, static_mode
 from etta_engine.models.adapter import AudioAdapter, AudioPrompt
 from etta_engine.models.conditioning import DiTConditioning
 from etta_engine.models.dit import DiT
@@ -340,7 +340,7 @@ class DiTEngine:
         step (no static buffers here). On CUDA, a shape's first call warms up and its second captures
         (:class:`GraphCache`)."""
         x = call[0]
-        mode = self._static_mode(x)
+        mode = static_mode(self.cuda_graph, x)
         if mode is None:
             return None
         capture = mode == "capture"
@@ -348,14 +348,7 @@ class DiTEngine:
         # The weights' addresses are part of the key: a graph reads them where they were at capture.
         key = ("step", prepared.plan, tuple(x.shape), x.dtype, str(x.device), self.ops, prepared.weights_key,
                _shapes(shared))  # fmt: skip
-        step = self.cache.get(key)
-        if step is None:
-            if capture and self.cache.first_use(key):
-                return self.cache.warm_up(x.device, lambda: self.run_step(prepared.plan, *call, *shared))
-            stream = self.cache.stream(x.device) if capture else None
-            fn = partial(self.run_step, prepared.plan)
-            step = self.cache.keep(key, StaticStep(fn, call, shared, capture, stream))
-        return step(call, shared, owner=prepared)
+        return self.cache.call(key, partial(self.run_step, prepared.plan), call, shared, prepared, capture)
 
     def solve(
         self,
@@ -374,7 +367,7 @@ class DiTEngine:
         kernel, handle and workspace the capture will record) and the second captures and replays. None where
         the caller runs the plain :func:`~etta_engine.sampling.sample` (no static buffers or "step" mode, an
         adaptive solver, a prepared DiT already called)."""
-        mode = self._static_mode(noise)
+        mode = static_mode(self.cuda_graph, noise)
         plain = mode is None or self.cuda_graph == "step" or prepared.calls
         if plain or solver not in SOLVERS or "rtol" in options or "atol" in options:
             return None  # (the plain sample raises what is wrong with the arguments)
@@ -423,12 +416,6 @@ class DiTEngine:
             return self.run_step(plan, x, modulation[k], final[k], *shared)
 
         return solve(velocity if guided is None else dataclasses.replace(guided, batched_fn=velocity), x, ts)
-
-    def _static_mode(self, x: torch.Tensor) -> str | None:
-        """How calls on ``x`` run: "capture" (CUDA graphs), "eager" (static buffers, no graph) or None (plain)."""
-        if self.cuda_graph is False or (self.cuda_graph != "eager" and not x.is_cuda):
-            return None
-        return "eager" if self.cuda_graph == "eager" else "capture"
 
 
 def sample_graphed(

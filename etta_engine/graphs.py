@@ -24,6 +24,14 @@ def check_cuda_graph_mode(mode) -> None:
         raise ValueError(f"cuda_graph={mode!r} is not one of {CUDA_GRAPH_MODES}")
 
 
+def static_mode(mode, x: torch.Tensor) -> str | None:
+    """How a call on ``x`` runs under ``mode``: "capture" (CUDA graphs), "eager" (static buffers, no graph) or
+    None (the plain function): True and "step" capture on CUDA tensors and run plain elsewhere."""
+    if mode is False or (mode != "eager" and not x.is_cuda):
+        return None
+    return "eager" if mode == "eager" else "capture"
+
+
 class GraphCache:
     """The static functions (:class:`StaticStep`) of one owner by key, the last ``size`` used kept, and per CUDA
     device the side stream on which they are warmed up and captured.
@@ -67,6 +75,25 @@ class GraphCache:
         while len(self.warm) > self.size:
             self.warm.popitem(last=False)
         return True
+
+    def call(
+        self,
+        key: tuple,
+        fn: Callable[..., torch.Tensor],
+        call: Sequence[torch.Tensor],
+        shared: Sequence[torch.Tensor | None],
+        owner: object,
+        capture: bool,
+    ) -> torch.Tensor:
+        """``fn(*call, *shared)`` through the cached :class:`StaticStep` of ``key`` (made at a miss); with
+        ``capture``, a key's first use is a warm-up run instead."""
+        static = self.get(key)
+        if static is None:
+            device = call[0].device
+            if capture and self.first_use(key):
+                return self.warm_up(device, lambda: fn(*call, *shared))
+            static = self.keep(key, StaticStep(fn, call, shared, capture, self.stream(device) if capture else None))
+        return static(call, shared, owner=owner)
 
     def stream(self, device: torch.device) -> torch.cuda.Stream:
         """The side stream of ``device`` on which this cache warms up and captures."""

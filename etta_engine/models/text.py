@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from etta_engine.config import TextConfig
-from etta_engine.graphs import GraphCache, StaticStep, check_cuda_graph_mode
+from etta_engine.graphs import GraphCache, check_cuda_graph_mode, static_mode
 from etta_engine.runtime.tokenizer import PADDINGS, padded_width
 
 BYTE_VOCAB_SIZE = 384  # ByT5: 3 special tokens + 256 bytes + 125 sentinel ids
@@ -164,17 +164,9 @@ class T5TextEncoder(nn.Module):
         check_cuda_graph_mode(cuda_graph)
         ids, mask = self.tokenize(prompts, truncate, padding)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        if cuda_graph is False or (cuda_graph != "eager" and not ids.is_cuda):
+        mode = static_mode(cuda_graph, ids)
+        if mode is None:
             return self.encode(ids, mask), mask
-        return self._static_encode(ids, mask, capture=cuda_graph != "eager"), mask
-
-    def _static_encode(self, ids: torch.Tensor, mask: torch.Tensor, capture: bool) -> torch.Tensor:
         # The weights' addresses are part of the key: a graph reads them where they were at capture.
         key = (tuple(ids.shape), str(ids.device), tuple(p.data_ptr() for p in self.parameters()))
-        static = self.graphs.get(key)
-        if static is None:
-            if capture and self.graphs.first_use(key):
-                return self.graphs.warm_up(ids.device, lambda: self.encode(ids, mask))
-            stream = self.graphs.stream(ids.device) if capture else None
-            static = self.graphs.keep(key, StaticStep(self.encode, (ids, mask), (), capture, stream))
-        return static((ids, mask), (), owner=self)
+        return self.graphs.call(key, self.encode, (ids, mask), (), self, mode == "capture"), mask
