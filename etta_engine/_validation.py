@@ -21,3 +21,8 @@ def check_bool_mask(name: str, mask, shape: tuple[int, ...]) -> None:
         raise TypeError(f"{name} must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(mask.shape)}")
+
+
+def autocast_enabled(device: torch.device) -> bool:
+    """Whether autocast is on for ``device``'s type (False for a type without autocast, such as "meta")."""
+    return torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)

@@ -209,12 +209,24 @@ class DiTEngine:
         return self.fp16_guards and self.dit.dtype == torch.float16
 
     @torch.no_grad()
-    def prepare(self, cond: DiTConditioning, times: Sequence[float], audio: AudioPrompt | None = None) -> PreparedDiT:
+    def prepare(
+        self,
+        cond: DiTConditioning,
+        times: Sequence[float],
+        audio: AudioPrompt | None = None,
+        *,
+        zero_rows: Sequence[int] | None = None,
+    ) -> PreparedDiT:
         """The velocity function of one generation whose calls happen at ``times`` (see :func:`evaluation_times`).
 
         ``cond``: the conditioning of every row of the batch the solver evaluates (cond and uncond halves
         concatenated for CFG). ``audio``: an audio prompt for the same rows, whose tokens' K/V are computed here,
-        once. One host sync happens here (finding the zero-memory rows), none in the steps.
+        once.
+
+        ``zero_rows``: the rows whose context the caller made all zeros (the official null conditioning of CFG's
+        uncond half), whose cross-attention is skipped; every other row attends to its prompt. None finds the
+        rows with a zero memory from the tensors, at the cost of one host sync (the only one: the steps have
+        none). Given, ``prepare`` launches its work without waiting for the device.
         """
         dit, cfg = self.dit, self.dit.cfg
         context, mask, global_cond = cond
@@ -226,7 +238,7 @@ class DiTEngine:
             raise ValueError("times is empty: the solver makes at least one call")
         if any(not 0.0 <= t <= 1.0 for t in times):
             raise ValueError(f"times must lie in [0, 1], got {times}")
-        t = torch.tensor(times, device=context.device)
+        t = torch.tensor(times).to(context.device, non_blocking=True)  # no device sync (unlike tensor(device=))
         N, D = len(times), cfg.width
         guarded = self.guarded
         run = _fp32_call if guarded else (lambda module, *args: module(*args))
@@ -240,8 +252,11 @@ class DiTEngine:
 
         memory = run(dit.cond_embed, context)  # (B, L, Dc)
         # Rows with an all-zero memory get exactly zero cross-attention (no biases anywhere on that path).
-        rows = [i for i, a in enumerate((memory != 0).flatten(1).any(dim=1).tolist()) if a]  # the one host sync
-        index = torch.tensor(rows, device=context.device, dtype=torch.long)
+        if zero_rows is not None and _maps_zero_to_zero(dit.cond_embed):
+            rows = _rows_besides(zero_rows, B)
+        else:
+            rows = [i for i, a in enumerate((memory != 0).flatten(1).any(dim=1).tolist()) if a]  # a host sync
+        index = torch.tensor(rows, dtype=torch.long).to(context.device, non_blocking=True)
         n = len(rows)
         kv = torch.empty(cfg.depth, n, L, 2, cfg.cross_heads, cfg.cross_head_dim, dtype=dit.dtype, device=t.device)
         for i, block in enumerate(dit.blocks):
@@ -260,7 +275,7 @@ class DiTEngine:
             audio_kv = torch.stack(
                 [run(layer.kv, audio.tokens).view(B, -1, 2, layer.heads, layer.head_dim) for layer in adapter.layers]
             )  # (depth, B, N, 2, Hc, Dc)
-            audio_scale = torch.tensor(audio.scale, dtype=torch.float32, device=t.device)  # a buffer, not a constant
+            audio_scale = torch.full((), audio.scale, dtype=torch.float32, device=t.device)  # a buffer, not a constant
         plan = StepPlan(tuple(rows), rows == list(range(n)), B, guarded, adapter)
         shared = (kv, mask[index], index, bounds, audio_kv, audio_scale)
         return PreparedDiT(self, times, plan, modulation, final, shared)
@@ -451,6 +466,25 @@ def sample_graphed(
         for i in range(result.steps):
             callback(i, result.x)
     return result
+
+
+# Modules that map a zero input to a zero output when their linear layers have no bias.
+ZERO_PRESERVING = (nn.Sequential, nn.Linear, nn.SiLU, nn.GELU, nn.ReLU, nn.Identity)
+
+
+def _maps_zero_to_zero(module: nn.Module) -> bool:
+    """Whether ``module`` (the DiT's memory embedding) maps a zero context to a zero memory, by construction."""
+    return all(isinstance(m, ZERO_PRESERVING) and getattr(m, "bias", None) is None for m in module.modules())
+
+
+def _rows_besides(zero_rows: Sequence[int], batch: int) -> list[int]:
+    """The rows 0..batch-1 not in ``zero_rows``, after checking that those are rows of the batch."""
+    zero = set()
+    for i in zero_rows:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < batch:
+            raise ValueError(f"zero_rows must be row indices in [0, {batch}), got {list(zero_rows)}")
+        zero.add(i)
+    return [i for i in range(batch) if i not in zero]
 
 
 def _shapes(tensors: Sequence[torch.Tensor | None]) -> tuple:

@@ -255,7 +255,7 @@ class Pipeline:
         dtype = self.model.dit.dtype
         # Noise is drawn on the CPU from each item's own seed: the same on every device and batch size.
         noise = [torch.randn(self.cfg.dit.io_channels, T, generator=torch.Generator().manual_seed(s)) for s in seeds]
-        noise = torch.stack(noise).to(self.device, dtype)  # (B, C, T)
+        noise = torch.stack(noise).to(self.device, dtype, non_blocking=True)  # (B, C, T)
         x, kept_audio, keep_samples = noise, None, None
         if init_audio is not None:
             kept_audio = self._prepare_init_audio(init_audio, init_sample_rate, B, T * self.cfg.vae.downsampling_ratio)
@@ -409,29 +409,33 @@ class Pipeline:
         dit = model.dit
         dtype = dit.dtype
 
-        def velocity(c: DiTConditioning, tokens: torch.Tensor | None) -> VelocityFn:
+        def velocity(c: DiTConditioning, tokens: torch.Tensor | None, zero_rows: range) -> VelocityFn:
             prompt = None if tokens is None else self.adapter.prompt(tokens, audio[1])
             if times is None:
                 return lambda x, t: dit(x, t, *c, audio=prompt)
-            return self._engine(dit).prepare(c, times, audio=prompt)
+            # The rows given the null (zero) conditioning are known here: the engine need not look for them on
+            # the device, so nothing waits for the GPU between the prompt and the decoded audio.
+            return self._engine(dit).prepare(c, times, audio=prompt, zero_rows=zero_rows)
 
         tokens = None if audio is None else audio[0]
         encode = dict(truncate=truncate, padding=padding, cuda_graph=self.cuda_graphs)
         cond = model.condition(prompts, 0.0, seconds, **encode)
         cond = DiTConditioning(cond.context.to(dtype), cond.context_mask, cond.global_cond.to(dtype))
+        B = len(prompts)
         if scale == 1.0 and interval is None:
-            return velocity(cond, tokens)
+            return velocity(cond, tokens, range(0))
         if negative_prompt is None:
             # The official null conditioning: a zero memory with the same mask; timestep and seconds kept.
             uncond = DiTConditioning(torch.zeros_like(cond.context), cond.context_mask, cond.global_cond)
         else:
-            neg = model.condition([negative_prompt] * len(prompts), 0.0, seconds, **encode)
+            neg = model.condition([negative_prompt] * B, 0.0, seconds, **encode)
             cond, neg = _same_length(cond, neg)
             uncond = DiTConditioning(neg.context.to(dtype), neg.context_mask, cond.global_cond)
         both = DiTConditioning(*(torch.cat(pair) for pair in zip(cond, uncond, strict=True)))
         if tokens is not None:
-            tokens = torch.cat((tokens, self.adapter.tokens(None, len(prompts)).to(tokens.dtype)))
-        return cfg(velocity(both, tokens), scale, rescale=rescale, interval=interval)
+            tokens = torch.cat((tokens, self.adapter.tokens(None, B).to(tokens.dtype)))
+        zero_rows = range(B, 2 * B) if negative_prompt is None else range(0)
+        return cfg(velocity(both, tokens, zero_rows), scale, rescale=rescale, interval=interval)
 
     def _prepare_init_audio(self, audio, sample_rate: int | None, B: int, n_samples: int) -> torch.Tensor:
         """``audio`` as (B, C, n_samples) float32 at the model's rate and channel count C (resampled, padded)."""
@@ -445,7 +449,7 @@ class Pipeline:
             )
         x = x.expand(B, channels, -1)
         x = x[..., :n_samples]
-        return torch.nn.functional.pad(x, (0, n_samples - x.shape[-1])).to(self.device)
+        return torch.nn.functional.pad(x, (0, n_samples - x.shape[-1])).to(self.device, non_blocking=True)
 
     def _keep_mask(self, keep, n_samples: int, seconds: float) -> torch.Tensor:
         """A (n_samples,) bool mask of the regions to keep, checked against the clip."""
@@ -456,7 +460,7 @@ class Pipeline:
             if not 0.0 <= start < end <= seconds:
                 raise ValueError(f"keep region ({start}, {end}) must satisfy 0 <= start < end <= seconds={seconds}")
             mask[round(start * sr) : round(end * sr)] = True
-        return mask.to(self.device)
+        return mask.to(self.device, non_blocking=True)
 
     def _frames_fully_inside(self, keep_samples: torch.Tensor, T: int) -> torch.Tensor:
         """Latent frames (1, 1, T) whose whole span of samples lies inside the kept regions."""

@@ -1,8 +1,9 @@
 """Sampling the flow ODE ``dx/dt = v(x, t)`` from noise (t=1) to data (t=0).
 
 - Schedules build the time grid ``ts`` (decreasing from ``t_start`` to 0) once; solvers never rebuild it.
+  :func:`sample` keeps it on the host, whatever the device of x.
 - Solvers are pure functions ``(velocity_fn, x, ts, callback) -> x``; ``velocity_fn(x, t)`` takes t of
-  shape (B,). The fixed-step solvers make no host-device sync inside their step loop.
+  shape (B,). The fixed-step solvers make no host-device sync (tested on the meta device).
 - Guidance and inpainting are wrappers that turn a velocity function into another one.
 - :func:`sample` runs a solver within a budget of ``nfe`` velocity calls and reports the calls made.
 """
@@ -350,16 +351,16 @@ def grid_dtype(x: torch.Tensor) -> torch.dtype:
 def _integrate(velocity_fn, x, solver, nfe, schedule, t_far, callback, options, *, reverse) -> SampleResult:
     """Run ``solver`` within ``nfe`` calls on the schedule's grid scaled to [0, t_far] (reversed: from 0 up)."""
     solver_options = {k: options.pop(k) for k in ("rtol", "atol") if k in options}
-    steps, ts = solver_grid(
-        solver, nfe, schedule, t_far, reverse=reverse, device=x.device, dtype=grid_dtype(x), **options
-    )
+    # The grid stays on the host: step sizes are kernel arguments and the solvers' set-up reads it without a
+    # device sync; each call's t (B,) goes to the device without one.
+    steps, ts = solver_grid(solver, nfe, schedule, t_far, reverse=reverse, dtype=grid_dtype(x), **options)
 
     calls = 0
 
     def counted(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         nonlocal calls
         calls += 1
-        return velocity_fn(x, t)
+        return velocity_fn(x, t.to(x.device, non_blocking=True))
 
     if steps is None:
         x = dopri5(counted, x, ts, callback, max_nfe=nfe, **solver_options)

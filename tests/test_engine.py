@@ -98,6 +98,35 @@ def test_engine_with_csrc_ops_and_non_prefix_rows(tiny_cfg):
         assert (velocity(x) - ref).abs().max() <= 2e-5 * ref.abs().max()
 
 
+def test_zero_rows_told_by_the_caller(tiny_cfg):
+    """``zero_rows`` skips the rows the caller zeroed without looking (same rows and velocities as finding them);
+    rows it leaves out attend, even with a zero memory (exact: their cross-attention is zero); a memory embedding
+    that does not map zero to zero makes the engine look at the memory instead of trusting the rows."""
+    dit = _dit(tiny_cfg)
+    cond = _cond(dit, B=2)
+    x = torch.randn(4, dit.cfg.io_channels, 9, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = dit(x, torch.full((4,), 0.6), *cond)
+    found = DiTEngine(dit).prepare(cond, [0.6])
+    told = DiTEngine(dit).prepare(cond, [0.6], zero_rows=range(2, 4))
+    none_skipped = DiTEngine(dit).prepare(cond, [0.6], zero_rows=[])
+    assert found.rows == told.rows == [0, 1] and none_skipped.rows == [0, 1, 2, 3]
+    for velocity in (found, told, none_skipped):
+        assert (velocity(x) - ref).abs().max() <= 2e-5 * ref.abs().max()
+
+    biased = copy.deepcopy(dit)
+    biased.cond_embed[0] = torch.nn.Linear(dit.cfg.cond_dim, dit.cfg.cond_dim)  # zero context -> non-zero memory
+    velocity = DiTEngine(biased).prepare(cond, [0.6], zero_rows=range(2, 4))
+    assert velocity.rows == [0, 1, 2, 3]
+    with torch.no_grad():
+        ref = biased(x, torch.full((4,), 0.6), *cond)
+    assert (velocity(x) - ref).abs().max() <= 2e-5 * ref.abs().max()
+
+    for bad in ([4], [-1], [1.5], [True]):
+        with pytest.raises(ValueError, match=r"zero_rows must be row indices in \[0, 4\), got"):
+            DiTEngine(dit).prepare(cond, [0.6], zero_rows=bad)
+
+
 def test_bad_inputs(tiny_cfg):
     dit = _dit(tiny_cfg)
     cond = _cond(dit, B=1)

@@ -57,8 +57,10 @@ class Conditioner(nn.Module):
         )
 
     def number_tensor(self, key: str, values, batch: int, device: torch.device) -> torch.Tensor:
-        """``values`` (a float, a sequence of B floats or a (B,) tensor) as a checked fp32 tensor (B,)."""
-        v = torch.as_tensor(values, dtype=torch.float32, device=device)
+        """``values`` (a float, a sequence of B floats or a (B,) tensor) as a checked fp32 tensor (B,) on ``device``.
+
+        Numbers given on the host are checked there and uploaded without a device sync."""
+        v = torch.as_tensor(values, dtype=torch.float32)
         if v.ndim == 0:
             v = v.expand(batch)
         if v.shape != (batch,):
@@ -69,7 +71,7 @@ class Conditioner(nn.Module):
         if bad.any():
             i = int(bad.nonzero()[0, 0])
             raise ValueError(f"{key}={v[i].item():g} is outside [0, {self.max_value:g}]")
-        return v
+        return v.to(device, non_blocking=True)
 
     def forward(
         self,

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from etta_engine import ops
-from etta_engine._validation import check_bool_mask, check_tensor
+from etta_engine._validation import autocast_enabled, check_bool_mask, check_tensor
 from etta_engine.config import DiTConfig
 from etta_engine.ops._dispatch import fp32_region
 
@@ -296,7 +296,7 @@ class DiT(nn.Module):
                 f"global_cond must have shape ({B}, {cfg.global_cond_dim}), got {tuple(global_cond.shape)}"
             )
         param_dtype = self.dtype
-        if not torch.is_autocast_enabled(x.device.type):
+        if not autocast_enabled(x.device):
             for name, v in (("x", x), ("context", context), ("global_cond", global_cond)):
                 if v.dtype != param_dtype:
                     raise TypeError(

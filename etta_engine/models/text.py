@@ -146,7 +146,11 @@ class T5TextEncoder(nn.Module):
     def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Token ids (B, L) and mask (B, L) bool -> embeddings (B, L, dim) fp32, padding zeroed. Differentiable:
         training with ``--train-text-encoder`` calls it on the T5 it trains."""
-        hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # (B, L, dim)
+        # The mask goes in as an additive (B, 1, 1, L) bias, which T5 uses as it is: from a (B, L) mask it would
+        # check on the host whether any token is padding (a device sync in every call).
+        dtype = self.model.get_input_embeddings().weight.dtype
+        bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        hidden = self.model(input_ids=ids, attention_mask=bias[:, None, None, :]).last_hidden_state  # (B, L, dim)
         return hidden.float() * mask[..., None]
 
     @torch.no_grad()
@@ -163,7 +167,7 @@ class T5TextEncoder(nn.Module):
         static buffers eagerly on any device; False runs the plain encoder."""
         check_cuda_graph_mode(cuda_graph)
         ids, mask = self.tokenize(prompts, truncate, padding)
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids, mask = ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
         mode = static_mode(cuda_graph, ids)
         if mode is None:
             return self.encode(ids, mask), mask

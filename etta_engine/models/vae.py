@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from etta_engine._validation import check_tensor
+from etta_engine._validation import autocast_enabled, check_tensor
 from etta_engine.config import VAEConfig
 
 
@@ -235,7 +235,7 @@ class VAE(nn.Module):
 
     def _check_dtype(self, name: str, x: torch.Tensor) -> None:
         param_dtype = self.dtype
-        if x.dtype != param_dtype and not torch.is_autocast_enabled(x.device.type):
+        if x.dtype != param_dtype and not autocast_enabled(x.device):
             raise TypeError(f"{name} is {x.dtype} but the VAE's parameters are {param_dtype}; cast one of them")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -68,5 +69,8 @@ def select(op: str, impl: str, device: torch.device) -> Callable:
 
 
 def fp32_region(device: torch.device):
-    """A context where autocast is off, so an fp32 island stays fp32 under bf16/fp16 autocast."""
+    """A context where autocast is off, so an fp32 island stays fp32 under bf16/fp16 autocast (a device type
+    without autocast, such as "meta", gets a no-op context)."""
+    if not torch.amp.is_autocast_available(device.type):
+        return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, enabled=False)
