@@ -1,8 +1,8 @@
 """Is each op fast? Every op of etta_engine.ops against the honest alternatives, in the same run:
 eager torch (the reference), ``torch.compile`` of the reference, our Triton kernel, the csrc/ runtime kernel
 (impl "cuda": CUDA on a GPU, its C++ twin on the CPU), and for attention PyTorch's SDPA backends (flash, cuDNN,
-memory-efficient, math). Plus the fused guidance + Euler update that ends each sampling step, and the whole
-DiT forward with our kernels against without them.
+memory-efficient, math). Plus the fused guidance + Euler update that ends each sampling step, the VAE decoder's
+Snake-beta activation, and the whole DiT forward with our kernels against without them.
 
 Two regimes: inference shapes (B=2, T=215, L=514, D=1536: one CFG half of a 10 s clip) timed as
 latency, and training shapes (B=32) reported as GB/s (elementwise and normalisation ops: bytes read +
@@ -125,6 +125,17 @@ def cases(device: torch.device, dtype: torch.dtype, smoke: bool, compile_ref: bo
             out.append(
                 Case("cross_attention_cfg", regime, f"2x{B}x{T}x{L}x{Hc}x{Dc}", run, flops=4 * B * Hc * T * L * Dc)
             )
+
+    # The VAE decoder's activation at its finest level: 128 channels of 10 s at 44.1 kHz. 7 of the decoder's 36
+    # Snakes run at this size, 7 more on as many elements (256 channels at half the rate), the rest on fewer.
+    C, S = (8, 4096) if smoke else (cfg.vae.channels, 10 * cfg.sample_rate)
+    audio, alpha, beta = (
+        _rand(1, C, S, device=device, dtype=dtype),
+        _rand(C, device=device, dtype=dtype),
+        _rand(C, device=device, dtype=dtype),
+    )
+    run = impls(ops.snake_beta, ops.snake_beta_ref, audio, alpha, beta)
+    out.append(Case("snake_beta", "inference", f"1x{C}x{S}", run, bytes=2 * audio.numel() * size))
 
     # The update that ends each sampling step: CFG on a (2B, 64, T) velocity batch and an Euler step of the fp32
     # state. Bytes: the state read and written (fp32), both velocity halves read.

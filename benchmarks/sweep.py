@@ -5,7 +5,8 @@ the latent RMSE (relative) and a multi-resolution spectral distance of the decod
 
 Backends: ``eager`` (the model called per step), ``compile`` (``torch.compile`` of the DiT), and the engine
 (:mod:`etta_engine.engine`: hoisted adaLN/K-V/timestep work, skipped uncond cross-attention) with the torch,
-Triton or csrc/ ops (``engine-torch``, ``engine-triton``, ``engine-cuda``) wherever they can run, the engine's
+Triton or csrc/ ops (``engine-torch``, ``engine-triton``, ``engine-cuda``; the last two decode with the VAE's
+fused Snake-beta of the same kind) wherever they can run, the engine's
 step with torch ops compiled by inductor (``engine-compile``: ``DiTEngine(compile=True)``), and the
 exported graphs in the torch-free runtime (:mod:`etta_engine.runtime`): ``onnx`` (ONNX Runtime, CUDA provider when
 the device is CUDA and onnxruntime has it) and ``tensorrt`` (engines built from the same export; skipped with a
@@ -51,6 +52,7 @@ NFES = (1, 2, 4, 8, 16, 32, 50, 100)
 SOLVERS = ("euler", "heun", "midpoint", "dpmpp_2m")
 BACKENDS = ("eager", "compile", "engine-torch", "engine-triton", "engine-cuda", "engine-compile", "onnx", "tensorrt")
 RUNTIME_BACKENDS = {"onnx": "onnxruntime", "tensorrt": "tensorrt"}  # sweep name -> RuntimePipeline backend
+VAE_OPS = {"engine-triton": "triton", "engine-cuda": "cuda"}  # the VAE decoder's Snake-beta ops per backend
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EXPORT_DTYPES = {"fp32": "fp32", "fp16": "fp16"}  # sweep dtype -> ONNX export dtype
 
@@ -181,6 +183,7 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> tuple
             return sample_graphed(cfg(fn, scale) if guided else fn, noise, solver=solver, nfe=nfe).x
 
         x, dit_ms = timed(device, loop)
+        model.vae.set_ops(VAE_OPS.get(backend, "auto"))  # the engine's kernels decode too
         audio, vae_ms = timed(device, lambda: model.vae.decode(x.to(model.vae.dtype)).float())
         return x.float(), audio, {"text_ms": text_ms, "dit_ms": dit_ms, "vae_ms": vae_ms}
 

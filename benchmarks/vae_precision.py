@@ -3,10 +3,13 @@ reference) and by copies with the weight norms folded and the weights cast, each
 its audio to the reference: relative L2 error, max abs error, SNR and the multi-resolution STFT distance of the
 training loss (:class:`etta_engine.train.losses.MultiResolutionSTFTLoss`, 0 for identical audio).
 
-Variants: ``fp32`` (the reference, weight norm computed per call), ``fp32-folded`` (weight norms folded once,
-as the export does), ``bf16`` and ``fp16`` (folded in fp32, then cast), and ``bf16-snake32`` (bf16 convolutions
-with the Snake activations in fp32: ``sin(exp(alpha) x)`` of a bf16 ``x`` has an absolute argument error of
-about ``|x| / 256``, the suspect of a bf16 decoder).
+Variants: ``fp32`` (the reference: the decoder as the pipeline runs it, each weight norm folded at its first
+use and kept), ``fp32-folded`` (weight-normed convolutions replaced by plain ones, as the export does), ``bf16``
+and ``fp16`` (folded in fp32, then cast; the Snake-beta activations compute in fp32 inside, whatever the storage
+dtype), and ``bf16-naive-snake`` (the activations computed in bf16 throughout, as the decoder did before:
+``sin(exp(alpha) x)`` of a bf16 ``x`` has an absolute argument error of about ``|x| / 256``). ``--ops`` picks the
+Snake-beta implementation of every variant but the reference (``triton`` or ``cuda``: one fused pass instead of
+five; see :mod:`etta_engine.ops`).
 
     python benchmarks/vae_precision.py --model etta --seconds 2 --device cuda
     python benchmarks/vae_precision.py --smoke            # tiny preset, CPU: checks the script runs
@@ -30,48 +33,50 @@ import torch.nn as nn
 from _common import environment, synchronize, write_results
 
 from etta_engine.checkpoint import PRETRAINED, is_pretrained, load
-from etta_engine.config import PRESETS, VAEConfig, get_preset
+from etta_engine.config import OPS_IMPLS, PRESETS, VAEConfig, get_preset
 from etta_engine.export.onnx import fold_weight_norm
 from etta_engine.models.model import ETTAModel
 from etta_engine.models.vae import VAE, OobleckDecoder, SnakeBeta
 from etta_engine.train.losses import MultiResolutionSTFTLoss
 
-VARIANTS = ("fp32", "fp32-folded", "bf16", "bf16-snake32", "fp16")
+VARIANTS = ("fp32", "fp32-folded", "bf16", "bf16-naive-snake", "fp16")
 CALIBRATION_SNR_DB = (40, 60)  # rows of the reference plus white noise, to read the distances by
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class Fp32Snake(nn.Module):
-    """A Snake activation evaluated in fp32 and returned in its input's dtype."""
+class NaiveSnake(nn.Module):
+    """Snake-beta computed in its input's dtype throughout (five passes, each rounded)."""
 
     def __init__(self, snake: SnakeBeta) -> None:
         super().__init__()
-        self.snake = snake.float()
+        self.alpha, self.beta = snake.alpha, snake.beta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.snake(x.float()).to(x.dtype)
+        alpha, beta = self.alpha.exp()[None, :, None], self.beta.exp()[None, :, None]
+        return x + (1.0 / (beta + 1e-9)) * torch.sin(alpha * x).pow(2)
 
 
-def _snakes_to_fp32(module: nn.Module) -> nn.Module:
+def _snakes(module: nn.Module, ops: str, naive: bool) -> nn.Module:
+    """``module`` with every Snake-beta run by ``ops`` (or, with ``naive``, replaced by :class:`NaiveSnake`)."""
     for name, child in module.named_children():
         if isinstance(child, SnakeBeta):
-            setattr(module, name, Fp32Snake(child))
+            child.ops = ops
+            if naive:
+                setattr(module, name, NaiveSnake(child))
         else:
-            _snakes_to_fp32(child)
+            _snakes(child, ops, naive)
     return module
 
 
-def decoder_variant(decoder: OobleckDecoder, variant: str) -> tuple[nn.Module, torch.dtype]:
-    """A copy of ``decoder`` for ``variant`` and the dtype its latents take."""
+def decoder_variant(decoder: OobleckDecoder, variant: str, ops: str = "auto") -> tuple[nn.Module, torch.dtype]:
+    """A copy of ``decoder`` for ``variant`` (its Snake-beta run by ``ops``) and the dtype its latents take."""
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not one of {VARIANTS}")
     if variant == "fp32":
         return decoder, torch.float32
     folded = fold_weight_norm(copy.deepcopy(decoder).float())  # folded in fp32, then cast
     dtype = DTYPES[variant.split("-")[0]]
-    folded = folded.to(dtype)
-    if variant == "bf16-snake32":
-        _snakes_to_fp32(folded)
+    folded = _snakes(folded.to(dtype), ops, naive=variant == "bf16-naive-snake")
     return folded.eval(), dtype
 
 
@@ -115,7 +120,7 @@ def run(args) -> list[dict]:
     ref = None
     rows = []
     for variant in args.variants:
-        module, dtype = decoder_variant(decoder, variant)
+        module, dtype = decoder_variant(decoder, variant, args.ops)
         inputs = latents.to(dtype)
         audio = module(inputs).float()  # also the warm-up
         times = []
@@ -132,6 +137,7 @@ def run(args) -> list[dict]:
             {
                 "model": args.model,
                 "variant": variant,
+                "ops": "auto" if variant == "fp32" else args.ops,
                 "dtype": str(dtype).removeprefix("torch."),
                 "batch": args.batch,
                 "frames": frames,
@@ -140,7 +146,7 @@ def run(args) -> list[dict]:
                 "ms_all": times,
                 "rtf": ms / 1e3 / (seconds * args.batch),
                 **distances(audio, ref, mrstft),
-                "reference": "fp32 decoder, weight norm per call",
+                "reference": "fp32 decoder",
             }
         )
     # Scale of the distances: the reference plus white noise at a known SNR (no decoder involved).
@@ -157,7 +163,7 @@ def run(args) -> list[dict]:
                 "seconds": seconds,
                 "ms_median": None,
                 **distances(ref + noise, ref, mrstft),
-                "reference": "fp32 decoder, weight norm per call",
+                "reference": "fp32 decoder",
             }
         )
     return rows
@@ -171,6 +177,7 @@ def main(argv=None) -> Path:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
+    parser.add_argument("--ops", default="auto", choices=OPS_IMPLS, help="Snake-beta implementation (not fp32's)")
     parser.add_argument("--smoke", action="store_true", help="tiny preset, 0.5 s, one rep, CPU")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)

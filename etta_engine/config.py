@@ -90,11 +90,14 @@ class VAEConfig(_DictConfig):
     c_mults: tuple[int, ...] = (1, 2, 4, 8, 16)
     strides: tuple[int, ...] = (2, 4, 4, 8, 8)
     latent_dim: int = 64
+    ops: str = "auto"  # implementation of etta_engine.ops for the Snake-beta activations: auto, torch, triton, cuda
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "c_mults", tuple(self.c_mults))
         object.__setattr__(self, "strides", tuple(self.strides))
         _check_positive(self, "audio_channels", "channels", "latent_dim")
+        if self.ops not in OPS_IMPLS:
+            raise ValueError(f"VAEConfig: ops={self.ops!r} is not one of {OPS_IMPLS}")
         if len(self.c_mults) != len(self.strides) or not self.strides:
             raise ValueError(
                 f"VAEConfig: c_mults={self.c_mults} and strides={self.strides} must be non-empty and of equal length"

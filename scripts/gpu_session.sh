@@ -12,7 +12,7 @@
 #   goals    benchmarks/sweep.py at the goal cells: etta, 10 s, CFG 3.5, NFE 8 and 100, Euler, bf16
 #            (then the engine with per-step graphs, and with prompts padded to their length, not 512)
 #   sweep    the full NFE x solver x CFG x backend grid (bf16); the longest phase
-#   vae      benchmarks/vae_precision.py on the etta preset and on the demo model
+#   vae      benchmarks/vae_precision.py on the etta preset (torch, Triton and csrc Snake-beta) and the demo model
 #   ops      benchmarks/ops.py (every op against eager, torch.compile and SDPA)
 #   onnx     benchmarks/onnx_runtime.py (ONNX Runtime's CUDA provider next to torch)
 #   train    benchmarks/train_dit_throughput.py (bf16, batch 8)
@@ -61,7 +61,10 @@ goals() {
 }
 sweep() { "$PY" benchmarks/sweep.py --model etta --device cuda --dtype bf16; }
 vae() {
+  local kernels=(--model etta --seconds 10 --device cuda --variants fp32,fp32-folded,bf16,fp16)
   "$PY" benchmarks/vae_precision.py --model etta --seconds 10 --device cuda &&
+    "$PY" benchmarks/vae_precision.py "${kernels[@]}" --ops triton &&
+    "$PY" benchmarks/vae_precision.py "${kernels[@]}" --ops cuda &&
     "$PY" benchmarks/vae_precision.py --model demo --device cuda
 }
 ops() { "$PY" benchmarks/ops.py --device cuda; }

@@ -25,7 +25,8 @@ def test_train_dit_throughput_writes_a_row(tmp_path):
 
 def test_ops_benchmark_and_its_plot(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "ops.py"), "--smoke", "--no-compile", "--device", "cpu",
-           "--reps", "1", "--ops", "gelu_tanh,cross_attention_cfg,guided_update", "--out", str(tmp_path)]  # fmt: skip
+           "--reps", "1", "--ops", "gelu_tanh,cross_attention_cfg,guided_update,snake_beta",
+           "--out", str(tmp_path)]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = tmp_path.glob("ops-*.json")
@@ -35,6 +36,7 @@ def test_ops_benchmark_and_its_plot(tmp_path):
     assert {("gelu_tanh", "inference", "torch"), ("gelu_tanh", "training", "triton")} <= rows
     assert ("cross_attention_cfg", "inference", "triton") in rows
     assert {("gelu_tanh", "inference", "cuda"), ("guided_update", "inference", "cuda")} <= rows  # csrc/ rows
+    assert {("snake_beta", "inference", impl) for impl in ("torch", "triton", "cuda")} <= rows
     gelu = next(r for r in data["rows"] if r["op"] == "gelu_tanh" and r["impl"] == "torch")
     assert gelu["ms"] > 0 and gelu["gbps"] > 0 and 0 < gelu["fraction_of_copy_peak"]
     plot = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_ops.py"), str(path)], capture_output=True)
@@ -110,7 +112,7 @@ def test_vae_precision_benchmark_writes_rows(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = tmp_path.glob("vae_precision-*.json")
     rows = {r["variant"]: r for r in json.loads(path.read_text())["rows"]}
-    assert list(rows) == ["fp32", "fp32-folded", "bf16", "bf16-snake32", "fp16",
+    assert list(rows) == ["fp32", "fp32-folded", "bf16", "bf16-naive-snake", "fp16",
                           "reference+noise-40dB", "reference+noise-60dB"]  # fmt: skip
     assert rows["fp32"]["rel_err"] == rows["fp32"]["mrstft"] == 0.0 and rows["fp32"]["ms_median"] > 0
     assert rows["fp32-folded"]["rel_err"] <= 1e-5  # folding the weight norm changes only the rounding

@@ -58,6 +58,69 @@ def test_gelu_tanh(dtype, param_dtype, shape):
         assert_matches_ref(ops.gelu_tanh(x, bias, impl="cuda"), ops.gelu_tanh_ref(x, bias))
 
 
+def snake_beta_fp64(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Snake-beta in float64 from the stored inputs: x + sin(exp(alpha) x)^2 / (exp(beta) + 1e-9), per channel."""
+    xd, a, b = x.double(), alpha.double().exp()[:, None], beta.double().exp()[:, None]
+    return xd + torch.sin(a * xd) ** 2 / (b + 1e-9)
+
+
+def assert_snake_beta_close(out: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> None:
+    """The kernel's fp32 arithmetic against the float64 formula. Two terms: the rounding to out's dtype (one ulp:
+    the fp32 error may flip it), and the fp32 error of the sine's argument, a relative few 2^-24 of exp(alpha) x
+    (so absolute, growing with |exp(alpha) x|), times d(sin^2)/d(arg) <= 1 and 1 / (exp(beta) + 1e-9)."""
+    assert out.dtype == x.dtype and out.shape == x.shape
+    ref = snake_beta_fp64(x, alpha, beta)
+    arg = (alpha.double().exp()[:, None] * x.double()).abs()
+    inv_b = 1.0 / (beta.double().exp()[:, None] + 1e-9)
+    fp32 = torch.finfo(torch.float32).eps
+    bound = torch.finfo(out.dtype).eps * ref.abs() + 4 * fp32 * (1 + arg) * inv_b + 1e-7
+    err = (out.double() - ref).abs()
+    assert (err <= bound).all(), f"max excess {(err - bound).max().item():.3g} (max err {err.max().item():.3g})"
+
+
+def test_snake_beta_reference_is_the_vae_activation():
+    """The float64 formula of these tests is the model's SnakeBeta module (run in float64)."""
+    from etta_engine.models.vae import SnakeBeta
+
+    snake = SnakeBeta(3).double()
+    with torch.no_grad():
+        snake.alpha.copy_(rand(3, seed=1))
+        snake.beta.copy_(rand(3, seed=2))
+        x = rand(2, 3, 50, scale=3.0).double()
+        assert torch.allclose(snake(x), snake_beta_fp64(x, snake.alpha, snake.beta), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("S", [1, 7, 1000])
+def test_snake_beta(dtype, param_dtype, S):
+    # exp(alpha) x reaches tens of radians; exp(beta) spans about 0.1 to 10.
+    x = rand(2, 3, S, dtype=dtype, scale=3.0)
+    alpha, beta = rand(3, dtype=param_dtype, seed=1), rand(3, dtype=param_dtype, seed=2)
+    out = torch.empty_like(x)
+    _C.snake_beta(x, alpha, beta, out)
+    assert_snake_beta_close(out, x, alpha, beta)
+    y = x.clone()
+    _C.snake_beta(y, alpha, beta, y)  # in place: out is x
+    assert torch.equal(y, out)
+
+
+def test_snake_beta_channels_and_empty_shapes():
+    """Each row takes its own channel's parameters (rows b * C + c), and empty shapes are no-ops."""
+    x = rand(3, 5, 33, scale=2.0)
+    alpha, beta = torch.linspace(-1.0, 1.5, 5), torch.linspace(1.0, -2.0, 5)
+    out = torch.empty_like(x)
+    _C.snake_beta(x, alpha, beta, out)
+    assert_snake_beta_close(out, x, alpha, beta)
+    for c in range(5):  # one channel alone gives the same values
+        one = torch.empty(3, 1, 33)
+        _C.snake_beta(x[:, c : c + 1].contiguous(), alpha[c : c + 1], beta[c : c + 1], one)
+        assert torch.equal(one[:, 0], out[:, c])
+    for shape in ((0, 5, 7), (2, 5, 0), (2, 0, 7)):
+        e = torch.empty(shape)
+        _C.snake_beta(e, torch.zeros(shape[1]), torch.zeros(shape[1]), e)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("B", "T", "D"), [(1, 1, 1), (3, 215, 7), (2, 5, 64), (1, 3, 1030)])
 def test_adaln_modulate(dtype, B, T, D):
@@ -327,6 +390,36 @@ def test_bad_inputs():
         ops.guided_update(v, v, v_prev=v.double())
 
 
+def test_snake_beta_bad_inputs():
+    x, p = torch.randn(2, 3, 7), torch.zeros(3)
+    with pytest.raises(ValueError, match=r"snake_beta: x must have shape \(B, C, S\), got \(6, 7\)"):
+        _C.snake_beta(x.view(6, 7), p, p, torch.empty(6, 7))
+    with pytest.raises(
+        ValueError, match=r"snake_beta: alpha must have shape \(C,\) with C = x.shape\[1\] = \(3,\), got \(4,\)"
+    ):
+        _C.snake_beta(x, torch.zeros(4), p, torch.empty_like(x))
+    with pytest.raises(
+        ValueError, match=r"snake_beta: beta must have shape \(C,\) with C = x.shape\[1\] = \(3,\), got \(1, 3\)"
+    ):
+        _C.snake_beta(x, p, p[None], torch.empty_like(x))
+    with pytest.raises(TypeError, match="snake_beta: beta is bfloat16 but alpha is float32; they must match"):
+        _C.snake_beta(x, p, p.bfloat16(), torch.empty_like(x))
+    with pytest.raises(ValueError, match="snake_beta: x must be contiguous"):
+        _C.snake_beta(torch.randn(2, 7, 3).transpose(1, 2), p, p, torch.empty_like(x))
+    with pytest.raises(ValueError, match="snake_beta: alpha must be contiguous"):
+        _C.snake_beta(x, torch.zeros(6)[::2], p, torch.empty_like(x))
+    with pytest.raises(
+        ValueError, match=r"snake_beta: out must have shape \(B, C, S\) = x.shape = \(2, 3, 7\), got \(2, 3, 6\)"
+    ):
+        _C.snake_beta(x, p, p, torch.empty(2, 3, 6))
+    with pytest.raises(TypeError, match="snake_beta: out is float16 but x is float32; they must match"):
+        _C.snake_beta(x, p, p, torch.empty_like(x, dtype=torch.float16))
+    with pytest.raises(TypeError, match="x has an unsupported dtype .* allowed: float32, float16, bfloat16"):
+        _C.snake_beta(x.double(), p, p, torch.empty_like(x, dtype=torch.float64))
+    with pytest.raises(TypeError, match="alpha has an unsupported dtype .* allowed: float32, float16, bfloat16"):
+        _C.snake_beta(x, p.double(), p.double(), torch.empty_like(x))
+
+
 # ---------------------------------------------------------------- the library, the build, and embedding
 
 
@@ -419,6 +512,35 @@ def test_cuda_kernels_match_reference_and_triton_at_etta_shapes(dtype):
         got = ops.guided_update(latents, v2[:B2], v2[B2:], guidance=3.5, a=-0.01, impl="cuda")
         for g, r in zip(got, ops.guided_update_ref(latents, v2[:B2], v2[B2:], 3.5, -0.01), strict=True):
             assert_matches_ref(g, r)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_snake_beta_vector_and_scalar_paths(dtype):
+    """The CUDA kernel against the float64 formula: the vector path (aligned, S a multiple of the vector width),
+    the scalar path (odd S; a view offset by one element), in place, and more rows than a grid's y dimension."""
+    alpha, beta = _cuda_rand(64, dtype=torch.bfloat16, seed=1), _cuda_rand(64, dtype=torch.bfloat16, seed=2)
+    for shape in ((2, 64, 4096), (2, 64, 1001), (1, 64, 1)):
+        x = _cuda_rand(*shape, dtype=dtype) * 3
+        out = torch.empty_like(x)
+        _C.snake_beta(x, alpha, beta, out, torch.cuda.current_stream().cuda_stream)
+        assert_snake_beta_close(out.cpu(), x.cpu(), alpha.cpu(), beta.cpu())
+        y = x.clone()
+        _C.snake_beta(y, alpha, beta, y, torch.cuda.current_stream().cuda_stream)
+        assert torch.equal(y, out)
+    x = _cuda_rand(2, 64, 4096, dtype=dtype) * 3
+    base = torch.empty(x.numel() + 1, dtype=dtype, device="cuda")
+    offset = base[1:].view_as(x)  # misaligned by one element: the scalar path
+    offset.copy_(x)
+    out_a, out_b = torch.empty_like(x), torch.empty_like(x)
+    _C.snake_beta(x, alpha, beta, out_a, torch.cuda.current_stream().cuda_stream)
+    _C.snake_beta(offset, alpha, beta, out_b, torch.cuda.current_stream().cuda_stream)
+    assert torch.equal(out_a, out_b)
+    many = _cuda_rand(1, 70000, 3, dtype=dtype)  # 70000 rows > 65535 blocks along grid y
+    a, b = _cuda_rand(70000, dtype=torch.float32, seed=3), _cuda_rand(70000, dtype=torch.float32, seed=4)
+    out = torch.empty_like(many)
+    _C.snake_beta(many, a, b, out, torch.cuda.current_stream().cuda_stream)
+    assert_snake_beta_close(out.cpu(), many.cpu(), a.cpu(), b.cpu())
 
 
 @pytest.mark.gpu

@@ -48,6 +48,29 @@ def test_weight_norm_is_g_times_unit_v_and_starts_at_v():
     assert torch.allclose(conv(x), F.conv1d(x, w, conv.bias, padding=1), atol=1e-5)
 
 
+def test_folded_weight_is_kept_for_inference_until_a_parameter_changes():
+    """Without autograd the folded weight is reused (the same tensor), and recomputed after an in-place update, a
+    ``load_state_dict`` or a cast; with autograd it is computed per call, so gradients reach g and v."""
+    conv = WNConv1d(5, 7, kernel_size=3, padding=1)
+    fresh = lambda: conv._fold().detach()
+    with torch.no_grad():
+        w = conv.weight()
+        assert conv.weight() is w
+        conv.weight_g.mul_(2.0)  # as an optimizer step
+        assert conv.weight() is not w and torch.equal(conv.weight(), fresh())
+        state = {k: torch.randn_like(p) for k, p in conv.state_dict().items()}
+        conv.load_state_dict(state)
+        assert torch.equal(conv.weight(), fresh())
+        assert conv.double().weight().dtype == torch.float64
+    conv.float()
+    x = torch.randn(2, 5, 11)
+    conv(x).square().sum().backward()  # autograd: not cached
+    assert conv.weight_g.grad is not None and conv.weight_v.grad.abs().sum() > 0
+    conv.requires_grad_(False)  # frozen weights: cached even with grad mode on
+    w = conv.weight()
+    assert conv.weight() is w
+
+
 def decoder_fp64(sd: dict[str, torch.Tensor], cfg: E.VAEConfig, z: torch.Tensor) -> torch.Tensor:
     """The decoder written from the spec over official key names (legacy weight norm), fp64."""
     sd = {k: v.double() for k, v in sd.items()}

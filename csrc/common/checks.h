@@ -36,6 +36,15 @@ inline etta_status check_gelu(const void* x, const void* y, int64_t rows, int64_
   return check_dtypes(dtype, param_dtype);
 }
 
+inline etta_status check_snake_beta(const void* x, const void* alpha, const void* beta, const void* y, int64_t batch,
+                                    int64_t channels, int64_t length, etta_dtype dtype, etta_dtype param_dtype) {
+  if (!non_negative(batch, channels, length)) return ETTA_ERROR_INVALID_ARGUMENT;
+  if (batch * channels * length > 0 && (x == nullptr || alpha == nullptr || beta == nullptr || y == nullptr)) {
+    return ETTA_ERROR_INVALID_ARGUMENT;
+  }
+  return check_dtypes(dtype, param_dtype);
+}
+
 inline etta_status check_adaln(const void* x, const void* shift, const void* scale, const void* out, int64_t batch,
                                int64_t seq, int64_t dim, int64_t shift_stride, int64_t scale_stride, float eps,
                                etta_dtype dtype, etta_dtype param_dtype) {

@@ -12,6 +12,11 @@ etta_status etta_gelu_tanh_cuda(const void*, const void*, void*, int64_t, int64_
   return ETTA_ERROR_NOT_COMPILED;
 }
 
+etta_status etta_snake_beta_cuda(const void*, const void*, const void*, void*, int64_t, int64_t, int64_t, etta_dtype,
+                                 etta_dtype, void*) {
+  return ETTA_ERROR_NOT_COMPILED;
+}
+
 etta_status etta_adaln_modulate_cuda(const void*, const void*, const void*, const void*, void*, int64_t, int64_t,
                                      int64_t, int64_t, int64_t, float, etta_dtype, etta_dtype, void*) {
   return ETTA_ERROR_NOT_COMPILED;

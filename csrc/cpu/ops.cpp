@@ -40,6 +40,25 @@ void gelu(const T* x, const P* bias, T* y, int64_t rows, int64_t dim) {
   }
 }
 
+// y = x + sin(exp(alpha[c]) x)^2 / (exp(beta[c]) + 1e-9) over (batch, channels, length) rows; y may alias x.
+template <class T, class P>
+void snake_beta(const T* x, const P* alpha, const P* beta, T* y, int64_t batch, int64_t channels, int64_t length) {
+  const int64_t rows = batch * channels;
+#pragma omp parallel for schedule(static) if (rows * length >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t c = r % channels;
+    const float a = std::exp(to_float(alpha[c]));
+    const float inv_b = 1.0f / (std::exp(to_float(beta[c])) + 1e-9f);
+    const T* xr = x + r * length;
+    T* yr = y + r * length;
+    for (int64_t s = 0; s < length; ++s) {
+      const float v = to_float(xr[s]);
+      const float sn = std::sin(a * v);
+      yr[s] = from_float<T>(v + sn * sn * inv_b);
+    }
+  }
+}
+
 template <class T, class P>
 void adaln(const T* x, const P* shift, const P* scale, const P* weight, T* out, int64_t batch, int64_t seq,
            int64_t dim, int64_t shift_stride, int64_t scale_stride, float eps) {
@@ -135,6 +154,7 @@ using etta::detail::check_gated_residual;
 using etta::detail::check_gelu;
 using etta::detail::check_guided_update;
 using etta::detail::check_rope;
+using etta::detail::check_snake_beta;
 
 extern "C" etta_status etta_gelu_tanh_cpu(const void* x, const void* bias, void* y, int64_t rows, int64_t dim,
                                           etta_dtype dtype, etta_dtype param_dtype) {
@@ -143,6 +163,20 @@ extern "C" etta_status etta_gelu_tanh_cpu(const void* x, const void* bias, void*
     using T = typename decltype(t)::type;
     using P = typename decltype(p)::type;
     etta::cpu::gelu(static_cast<const T*>(x), static_cast<const P*>(bias), static_cast<T*>(y), rows, dim);
+    return ETTA_OK;
+  });
+}
+
+extern "C" etta_status etta_snake_beta_cpu(const void* x, const void* alpha, const void* beta, void* y, int64_t batch,
+                                           int64_t channels, int64_t length, etta_dtype dtype,
+                                           etta_dtype param_dtype) {
+  ETTA_TRY(check_snake_beta(x, alpha, beta, y, batch, channels, length, dtype, param_dtype));
+  if (batch * channels * length == 0) return ETTA_OK;
+  return etta::cpu::visit2(dtype, param_dtype, [&](auto t, auto p) {
+    using T = typename decltype(t)::type;
+    using P = typename decltype(p)::type;
+    etta::cpu::snake_beta(static_cast<const T*>(x), static_cast<const P*>(alpha), static_cast<const P*>(beta),
+                          static_cast<T*>(y), batch, channels, length);
     return ETTA_OK;
   });
 }

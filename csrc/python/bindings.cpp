@@ -69,7 +69,8 @@ class DLPackView {
   }
 
   bool contiguous() const {
-    if (tensor().strides == nullptr) return true;
+    // An empty tensor has no layout (torch gives it strides as if each zero-size dim had size 1).
+    if (tensor().strides == nullptr || numel() == 0) return true;
     int64_t expected = 1;
     for (int i = tensor().ndim - 1; i >= 0; --i) {
       if (tensor().shape[i] != 1 && tensor().strides[i] != expected) return false;
@@ -232,6 +233,38 @@ void gelu_tanh(const py::object& x_obj, const py::object& out_obj, const py::obj
       });
 }
 
+void snake_beta(const py::object& x_obj, const py::object& alpha_obj, const py::object& beta_obj,
+                const py::object& out_obj, int64_t stream) {
+  const Checker c("snake_beta");
+  DLPackView x(x_obj, "x", stream), alpha(alpha_obj, "alpha", stream), beta(beta_obj, "beta", stream);
+  DLPackView out(out_obj, "out", stream);
+  c.ndim(x, 3, "(B, C, S)");
+  const int64_t B = x.shape()[0], C = x.shape()[1], S = x.shape()[2];
+  (void)x.dtype();  // an unsupported dtype is reported under the name of x
+  c.shape(out, x.shape(), "(B, C, S) = x.shape");
+  c.same_dtype(out, x);
+  c.same_device(out, x);
+  c.contiguous(x);
+  c.contiguous(out);
+  for (const DLPackView* p : {&alpha, &beta}) {
+    c.shape(*p, {C}, "(C,) with C = x.shape[1]");
+    c.contiguous(*p);
+    c.same_device(*p, x);
+  }
+  (void)alpha.dtype();
+  c.same_dtype(beta, alpha);
+  c.run(
+      x,
+      [&] {
+        return etta_snake_beta_cpu(x.data(), alpha.data(), beta.data(), out.data(), B, C, S, x.dtype(),
+                                   alpha.dtype());
+      },
+      [&] {
+        return etta_snake_beta_cuda(x.data(), alpha.data(), beta.data(), out.data(), B, C, S, x.dtype(),
+                                    alpha.dtype(), as_stream(stream));
+      });
+}
+
 void adaln_modulate(const py::object& x_obj, const py::object& shift_obj, const py::object& scale_obj,
                     const py::object& out_obj, const py::object& weight_obj, double eps, int64_t stream) {
   const Checker c("adaln_modulate");
@@ -391,6 +424,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_compiled", []() { return etta_cuda_compiled() != 0; }, "True if the CUDA kernels were compiled in.");
   m.def("gelu_tanh", &gelu_tanh, py::arg("x"), py::arg("out"), py::arg("bias") = py::none(), py::arg("stream") = 0,
         "out = gelu_tanh(x + bias). x, out: same shape and dtype, contiguous; bias: (x.shape[-1],) or None.");
+  m.def("snake_beta", &snake_beta, py::arg("x"), py::arg("alpha"), py::arg("beta"), py::arg("out"),
+        py::arg("stream") = 0,
+        "out = x + sin(exp(alpha[:, None]) * x)^2 / (exp(beta[:, None]) + 1e-9) (Snake-beta, log-scale parameters). "
+        "x, out: (B, C, S), same dtype, contiguous (out may be x); alpha, beta: (C,), contiguous, one dtype.");
   m.def("adaln_modulate", &adaln_modulate, py::arg("x"), py::arg("shift"), py::arg("scale"), py::arg("out"),
         py::arg("weight") = py::none(), py::arg("eps") = 1e-6, py::arg("stream") = 0,
         "out = layer_norm(x, weight, eps) * (1 + scale[:, None]) + shift[:, None]. x, out: (B, T, D) contiguous; "

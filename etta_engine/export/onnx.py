@@ -185,7 +185,8 @@ def graph_module(model: ETTAModel, part: str, dtype: str = "fp32") -> nn.Module:
         dit = _rebuild(model.dit, lambda: DiT(cfg), torch_dtype)
         return (DiTStep(dit) if part == "dit" else DiTCFGStep(dit)).eval()
     if part == "vae_decoder":
-        decoder = _rebuild(model.vae.decoder, lambda: OobleckDecoder(model.cfg.vae), torch.float32)
+        vae_cfg = dataclasses.replace(model.cfg.vae, ops="torch")
+        decoder = _rebuild(model.vae.decoder, lambda: OobleckDecoder(vae_cfg), torch.float32)
         return VAEDecoderStep(fold_weight_norm(decoder).to(torch_dtype)).eval()
     if model.text_encoder is None:
         raise ExportError(

@@ -7,6 +7,7 @@ Encoder: audio (B, 2, S) -> mean and scale of (B, 64, S / 2048). Decoder: (B, 64
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from etta_engine._validation import autocast_enabled, check_tensor
 from etta_engine.config import VAEConfig
+from etta_engine.ops.snake import snake_beta
 
 
 class _WeightNorm(nn.Module):
@@ -32,8 +34,21 @@ class _WeightNorm(nn.Module):
             fan_in = v.shape[1] * v.shape[2]
             bound = 1.0 / math.sqrt(fan_in)
             self.bias = nn.Parameter(torch.empty(bias_dim).uniform_(-bound, bound))
+        self._folded: tuple[tuple, torch.Tensor] | None = None  # (parameters' identity and versions, weight)
 
     def weight(self) -> torch.Tensor:
+        """``g * v / ||v||``. Without autograd (inference, or frozen weights) the folded weight is kept and reused
+        until a parameter changes (in place, as an optimizer step or ``load_state_dict`` does, or by a move or a
+        cast): a call then reads one weight instead of three tensors and launches no norm kernels."""
+        g, v = self.weight_g, self.weight_v
+        if torch.is_grad_enabled() and (g.requires_grad or v.requires_grad):
+            return self._fold()
+        key = (g.data_ptr(), g._version, v.data_ptr(), v._version, g.dtype, v.dtype, g.device)
+        if self._folded is None or self._folded[0] != key:
+            self._folded = (key, self._fold())
+        return self._folded[1]
+
+    def _fold(self) -> torch.Tensor:
         return self.weight_v * (self.weight_g / torch.linalg.vector_norm(self.weight_v, dim=(1, 2), keepdim=True))
 
 
@@ -60,26 +75,25 @@ class WNConvTranspose1d(_WeightNorm):
 class SnakeBeta(nn.Module):
     """``x + 1 / (exp(beta) + 1e-9) * sin(exp(alpha) * x)^2``, per-channel alpha and beta in log scale."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, ops: str = "auto") -> None:
         super().__init__()
         self.alpha = nn.Parameter(torch.zeros(channels))
         self.beta = nn.Parameter(torch.zeros(channels))
+        self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (B, C, S)
-        alpha = self.alpha.exp()[None, :, None]
-        beta = self.beta.exp()[None, :, None]
-        return x + (1.0 / (beta + 1e-9)) * torch.sin(alpha * x).pow(2)
+        return snake_beta(x, self.alpha, self.beta, impl=self.ops)
 
 
 class ResidualUnit(nn.Module):
     """``x + conv1(snake(conv7_dilated(snake(x))))``."""
 
-    def __init__(self, channels: int, dilation: int) -> None:
+    def __init__(self, channels: int, dilation: int, ops: str = "auto") -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            SnakeBeta(channels),
+            SnakeBeta(channels, ops),
             WNConv1d(channels, channels, kernel_size=7, dilation=dilation, padding=3 * dilation),
-            SnakeBeta(channels),
+            SnakeBeta(channels, ops),
             WNConv1d(channels, channels, kernel_size=1),
         )
 
@@ -90,13 +104,13 @@ class ResidualUnit(nn.Module):
 class EncoderBlock(nn.Module):
     """Three residual units (dilations 1, 3, 9), Snake-beta, then a strided convolution (downsample by ``stride``)."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int, ops: str = "auto") -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            ResidualUnit(c_in, 1),
-            ResidualUnit(c_in, 3),
-            ResidualUnit(c_in, 9),
-            SnakeBeta(c_in),
+            ResidualUnit(c_in, 1, ops),
+            ResidualUnit(c_in, 3, ops),
+            ResidualUnit(c_in, 9, ops),
+            SnakeBeta(c_in, ops),
             WNConv1d(c_in, c_out, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2)),
         )
 
@@ -107,14 +121,14 @@ class EncoderBlock(nn.Module):
 class DecoderBlock(nn.Module):
     """Snake-beta, a transposed convolution (upsample by ``stride``), then three residual units."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int, ops: str = "auto") -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            SnakeBeta(c_in),
+            SnakeBeta(c_in, ops),
             WNConvTranspose1d(c_in, c_out, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2)),
-            ResidualUnit(c_out, 1),
-            ResidualUnit(c_out, 3),
-            ResidualUnit(c_out, 9),
+            ResidualUnit(c_out, 1, ops),
+            ResidualUnit(c_out, 3, ops),
+            ResidualUnit(c_out, 9, ops),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,8 +142,8 @@ class OobleckEncoder(nn.Module):
         super().__init__()
         widths = [cfg.channels * m for m in (1, *cfg.c_mults)]
         layers: list[nn.Module] = [WNConv1d(cfg.audio_channels, widths[0], kernel_size=7, padding=3)]
-        layers += [EncoderBlock(widths[i], widths[i + 1], s) for i, s in enumerate(cfg.strides)]
-        layers += [SnakeBeta(widths[-1]), WNConv1d(widths[-1], 2 * cfg.latent_dim, kernel_size=3, padding=1)]
+        layers += [EncoderBlock(widths[i], widths[i + 1], s, cfg.ops) for i, s in enumerate(cfg.strides)]
+        layers += [SnakeBeta(widths[-1], cfg.ops), WNConv1d(widths[-1], 2 * cfg.latent_dim, kernel_size=3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,8 +158,11 @@ class OobleckDecoder(nn.Module):
         widths = [cfg.channels * m for m in (1, *cfg.c_mults)]
         n = len(cfg.strides)
         layers: list[nn.Module] = [WNConv1d(cfg.latent_dim, widths[-1], kernel_size=7, padding=3)]
-        layers += [DecoderBlock(widths[i + 1], widths[i], cfg.strides[i]) for i in reversed(range(n))]
-        layers += [SnakeBeta(widths[0]), WNConv1d(widths[0], cfg.audio_channels, kernel_size=7, padding=3, bias=False)]
+        layers += [DecoderBlock(widths[i + 1], widths[i], cfg.strides[i], cfg.ops) for i in reversed(range(n))]
+        layers += [
+            SnakeBeta(widths[0], cfg.ops),
+            WNConv1d(widths[0], cfg.audio_channels, kernel_size=7, padding=3, bias=False),
+        ]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -164,6 +181,15 @@ class VAE(nn.Module):
     @property
     def downsampling_ratio(self) -> int:
         return self.cfg.downsampling_ratio
+
+    def set_ops(self, ops: str) -> VAE:
+        """Run the Snake-beta activations with ``ops`` (auto, torch, triton, cuda: see :mod:`etta_engine.ops`)
+        from now on; the weights are untouched. Returns the VAE."""
+        self.cfg = dataclasses.replace(self.cfg, ops=ops)  # checks the name
+        for m in self.modules():
+            if isinstance(m, SnakeBeta):
+                m.ops = ops
+        return self
 
     def encode(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """audio (B, audio_channels, S), S a multiple of the downsampling ratio -> mean, std (B, latent_dim, T)."""

@@ -13,6 +13,7 @@ from etta_engine.ops.gelu import gelu_tanh, gelu_tanh_ref
 from etta_engine.ops.guidance import guided_update, guided_update_ref
 from etta_engine.ops.residual import gated_residual, gated_residual_ref
 from etta_engine.ops.rope import apply_rope, apply_rope_qk, apply_rope_ref, rope_angles
+from etta_engine.ops.snake import snake_beta, snake_beta_ref
 
 __all__ = [
     "adaln_modulate",
@@ -29,4 +30,6 @@ __all__ = [
     "guided_update",
     "guided_update_ref",
     "rope_angles",
+    "snake_beta",
+    "snake_beta_ref",
 ]

@@ -60,6 +60,17 @@ etta_status etta_gelu_tanh_cpu(const void* x, const void* bias, void* y, int64_t
 etta_status etta_gelu_tanh_cuda(const void* x, const void* bias, void* y, int64_t rows, int64_t dim,
                                 etta_dtype dtype, etta_dtype param_dtype, void* stream);
 
+/* Snake-beta, the Oobleck VAE's activation, with per-channel log-scale parameters:
+ *   y[b, c, s] = x[b, c, s] + sin(exp(alpha[c]) * x[b, c, s])^2 / (exp(beta[c]) + 1e-9)
+ * x, y: (batch, channels, length) in `dtype`, dense; y may alias x.
+ * alpha, beta: (channels,) in `param_dtype`. exp(alpha[c]) and 1 / (exp(beta[c]) + 1e-9) are computed
+ * once per channel (in fp32), not per element; sin is the accurate (not the fast-math) sine. */
+etta_status etta_snake_beta_cpu(const void* x, const void* alpha, const void* beta, void* y, int64_t batch,
+                                int64_t channels, int64_t length, etta_dtype dtype, etta_dtype param_dtype);
+etta_status etta_snake_beta_cuda(const void* x, const void* alpha, const void* beta, void* y, int64_t batch,
+                                 int64_t channels, int64_t length, etta_dtype dtype, etta_dtype param_dtype,
+                                 void* stream);
+
 /* AdaLN-modulate: LayerNorm without bias (optional weight), then a per-batch affine modulation:
  *   out[b, t, :] = layer_norm(x[b, t, :], weight, eps) * (1 + scale[b, :]) + shift[b, :]
  * x, out: (batch, seq, dim) in `dtype`, dense; out may alias x.
