@@ -31,6 +31,7 @@ from etta_engine import ops
 from etta_engine.config import get_preset
 from etta_engine.models.dit import DiT
 from etta_engine.ops._csrc import csrc_unusable
+from etta_engine.ops._dispatch import triton_unusable
 
 
 @dataclasses.dataclass
@@ -71,7 +72,8 @@ def measure_peaks(device: torch.device, smoke: bool) -> dict[str, float]:
     return {"copy_gbps": 2 * src.numel() * 2 / ms / 1e6, "matmul_tflops": 2 * m**3 / mm_ms / 1e9}
 
 
-def cases(device: torch.device, dtype: torch.dtype, smoke: bool, compile_ref: bool) -> list[Case]:
+def cases(device: torch.device, dtype: torch.dtype, smoke: bool, compile_ref: bool, dit: bool = True) -> list[Case]:
+    """Every op's case (``dit``: with the whole DiT forward, whose three models are the costly part to build)."""
     cfg = get_preset("tiny" if smoke else "etta")
     W, H, Dh = cfg.dit.width, cfg.dit.heads, cfg.dit.head_dim
     Hc, Dc, L = cfg.dit.cross_heads, cfg.dit.cross_head_dim, cfg.context_length
@@ -80,7 +82,9 @@ def cases(device: torch.device, dtype: torch.dtype, smoke: bool, compile_ref: bo
     size = dtype.itemsize
 
     def impls(public: Callable, ref: Callable, *args, **kwargs) -> dict[str, Callable]:
-        run = {"torch": lambda: ref(*args, **kwargs), "triton": lambda: public(*args, **kwargs, impl="triton")}
+        run = {"torch": lambda: ref(*args, **kwargs)}
+        if triton_unusable(device) is None:
+            run["triton"] = lambda: public(*args, **kwargs, impl="triton")
         if csrc_unusable(device) is None and public is not ops.attention:
             run["cuda"] = lambda: public(*args, **kwargs, impl="cuda")  # the csrc/ runtime kernels
         if compile_ref:
@@ -120,8 +124,9 @@ def cases(device: torch.device, dtype: torch.dtype, smoke: bool, compile_ref: bo
             skip = torch.tensor([False] * B + [True] * B, device=device)
             cq2, kv2 = torch.cat((cq, cq)), torch.cat((kv, torch.zeros_like(kv)))
             mask2 = torch.cat((mask, mask))
-            run = {"triton": partial(ops.attention, cq2, kv2[:, :, 0], kv2[:, :, 1], mask2, skip=skip, impl="triton")}
-            run |= sdpa_backends(cq2, kv2[:, :, 0], kv2[:, :, 1], mask2)
+            run = sdpa_backends(cq2, kv2[:, :, 0], kv2[:, :, 1], mask2)
+            if triton_unusable(device) is None:
+                run["triton"] = partial(ops.attention, cq2, kv2[:, :, 0], kv2[:, :, 1], mask2, skip=skip, impl="triton")
             out.append(
                 Case("cross_attention_cfg", regime, f"2x{B}x{T}x{L}x{Hc}x{Dc}", run, flops=4 * B * Hc * T * L * Dc)
             )
@@ -142,13 +147,16 @@ def cases(device: torch.device, dtype: torch.dtype, smoke: bool, compile_ref: bo
     latents = torch.randn(2, cfg.dit.io_channels, T, device=device)
     v2 = _rand(4, cfg.dit.io_channels, T, device=device, dtype=dtype)
     run = impls(ops.guided_update, ops.guided_update_ref, latents, v2[:2], v2[2:], guidance=3.5, a=-0.01)
-    run.pop("triton")  # no Triton kernel: the fused update is a csrc/ op
+    run.pop("triton", None)  # no Triton kernel: the fused update is a csrc/ op
     nbytes = 2 * latents.numel() * 4 + 2 * latents.numel() * size
     out.append(Case("guided_update", "inference", f"2x{cfg.dit.io_channels}x{T}", run, bytes=nbytes))
 
+    if not dit:
+        return out
     dit_case = Case("dit_forward", "inference", f"4x{T}", {})
     for impl in ("torch", "triton", "cuda"):
-        if impl == "cuda" and csrc_unusable(device) is not None:
+        unusable = {"triton": triton_unusable, "cuda": csrc_unusable}.get(impl)
+        if unusable is not None and unusable(device) is not None:
             continue
         with device:
             dit = DiT(dataclasses.replace(cfg.dit, ops=impl)).eval().to(dtype)
@@ -217,7 +225,7 @@ def main(argv=None) -> Path:
     peaks = measure_peaks(device, args.smoke)
     rows = []
     with torch.no_grad():
-        all_cases = cases(device, dtype, args.smoke, not args.no_compile)
+        all_cases = cases(device, dtype, args.smoke, not args.no_compile, not args.ops or "dit_forward" in args.ops)
         if args.ops:
             wanted = set(args.ops.split(","))
             unknown = wanted - {c.op for c in all_cases}
