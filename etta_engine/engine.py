@@ -302,31 +302,51 @@ class DiTEngine:
             h = x.transpose(1, 2)  # (B, T, C)
             h = dit.project_in(dit.preprocess(h) + h)  # (B, T, D)
         B, T, _ = h.shape
+        n = len(plan.rows)
+        # Fused seams: each sub-layer's gated residual, the rows skipped by the cross-attention passed through, and
+        # the next sub-layer's AdaLN are one op (ops.residual_modulate), so the step carries (h, a) from seam to
+        # seam. Not with an audio prompt (its residual sits between two seams) or attending rows in another order.
+        fused = plan.prefix and plan.adapter is None
+        seam = partial(ops.residual_modulate, impl=impl)  # (h, gate, y, shift, scale[, weight, eps]) -> (h, a)
+        a = ops.adaln_modulate(h, *modulation[0].chunk(9, dim=1)[:2], None, 1e-6, impl=impl) if fused else None
         for i, block in enumerate(dit.blocks):
             j = len(GUARDED_LAYERS) * i
             shift_sa, scale_sa, gate_sa, shift_ca, scale_ca, gate_ca, shift_ff, scale_ff, gate_ff = modulation[i].chunk(
                 9, dim=1
             )
+            ff_weight, ff_eps = block.ff_norm.weight.to(h.dtype), block.ff_norm.eps
             sa = block.self_attn
-            a = ops.adaln_modulate(h, shift_sa, scale_sa, None, 1e-6, impl=impl)
+            if not fused:
+                a = ops.adaln_modulate(h, shift_sa, scale_sa, None, 1e-6, impl=impl)
             qkv = narrow(linear(sa.qkv, a, j)).view(B, T, 3, sa.heads, sa.head_dim)  # (B, T, 3, H, Dh)
             o = ops.attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], rope_base=sa.rope_base, impl=impl)
-            h = ops.gated_residual(h, gate_sa, linear(sa.out, o.reshape(B, T, -1), j + 1), impl=impl)
-            if plan.rows:
+            y = linear(sa.out, o.reshape(B, T, -1), j + 1)
+            if fused:
+                nxt = (shift_ca, scale_ca) if n else (shift_ff, scale_ff, ff_weight, ff_eps)
+                h, a = seam(h, gate_sa, y, *nxt)
+            else:
+                h = ops.gated_residual(h, gate_sa, y, impl=impl)
+            if n:
                 ca = block.cross_attn
-                pick = (lambda v: v[: len(plan.rows)]) if plan.prefix else (lambda v: v.index_select(0, index))
-                hr = pick(h)  # (n, T, D)
-                a = ops.adaln_modulate(hr, pick(shift_ca), pick(scale_ca), None, 1e-6, impl=impl)
-                q = narrow(linear(ca.q, a, j + 2)).view(len(plan.rows), T, ca.heads, ca.head_dim)  # (n, T, Hc, Dc)
-                o = ops.attention(q, kv[i, :, :, 0], kv[i, :, :, 1], kv_mask, impl=impl)
-                hr = ops.gated_residual(hr, pick(gate_ca), linear(ca.out, o.reshape(hr.shape[0], T, -1), j + 3),
-                                        impl=impl)  # fmt: skip
-                if len(plan.rows) == plan.batch:
-                    h = hr
-                elif plan.prefix:
-                    h = torch.cat((hr, h[len(plan.rows) :]))
+                pick = (lambda v: v[:n]) if plan.prefix else (lambda v: v.index_select(0, index))
+                if fused:
+                    a = a[:n]
                 else:
-                    h = h.index_copy(0, index, hr)
+                    hr = pick(h)  # (n, T, D)
+                    a = ops.adaln_modulate(hr, pick(shift_ca), pick(scale_ca), None, 1e-6, impl=impl)
+                q = narrow(linear(ca.q, a, j + 2)).view(n, T, ca.heads, ca.head_dim)  # (n, T, Hc, Dc)
+                o = ops.attention(q, kv[i, :, :, 0], kv[i, :, :, 1], kv_mask, impl=impl)
+                y = linear(ca.out, o.reshape(n, T, -1), j + 3)
+                if fused:
+                    h, a = seam(h, gate_ca[:n], y, shift_ff, scale_ff, ff_weight, ff_eps)
+                else:
+                    hr = ops.gated_residual(hr, pick(gate_ca), y, impl=impl)
+                    if n == plan.batch:
+                        h = hr
+                    elif plan.prefix:
+                        h = torch.cat((hr, h[n:]))
+                    else:
+                        h = h.index_copy(0, index, hr)
             if plan.adapter is not None:
                 layer = plan.adapter.layers[i]
                 if plan.guarded:  # the residual stream is fp32: so is the adapter's path
@@ -334,12 +354,18 @@ class DiTEngine:
                     h = functional_call(layer, params, (h,), {"kv": audio_kv[i], "scale": audio_scale, "impl": impl})
                 else:
                     h = layer.attend(h, audio_kv[i], audio_scale, impl)
-            ff_weight = block.ff_norm.weight.to(h.dtype)
-            a = ops.adaln_modulate(h, shift_ff, scale_ff, ff_weight, block.ff_norm.eps, impl=impl)
+            if not fused:
+                a = ops.adaln_modulate(h, shift_ff, scale_ff, ff_weight, ff_eps, impl=impl)
             u = ops.gelu_tanh(linear(block.ff.up, a, j + 4), impl=impl)
-            h = ops.gated_residual(h, gate_ff, linear(block.ff.down, u, j + 5), impl=impl)
-        shift, scale = final.chunk(2, dim=1)
-        a = ops.adaln_modulate(h, shift, scale, None, 1e-6, impl=impl)
+            y = linear(block.ff.down, u, j + 5)
+            if fused:
+                following = final.chunk(2, dim=1) if i + 1 == len(dit.blocks) else modulation[i + 1].chunk(9, dim=1)
+                h, a = seam(h, gate_ff, y, following[0], following[1])  # the next block's (or final) shift, scale
+            else:
+                h = ops.gated_residual(h, gate_ff, y, impl=impl)
+        if not fused:
+            shift, scale = final.chunk(2, dim=1)
+            a = ops.adaln_modulate(h, shift, scale, None, 1e-6, impl=impl)
         if plan.guarded:
             out = _linear_fp32(dit.final.linear, a)  # (B, T, C) fp32
             out = _linear_fp32(dit.postprocess, out) + out

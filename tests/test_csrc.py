@@ -182,6 +182,95 @@ def test_gated_residual(dtype, B, T, D):
     assert_matches_ref(out, ref)
 
 
+def adaln_modulate_fp64(x, shift, scale, weight, eps):
+    """AdaLN-modulate in float64 from the stored inputs (LayerNorm without bias, optional weight)."""
+    xd = x.double()
+    mean, var = xd.mean(-1, keepdim=True), xd.var(-1, keepdim=True, unbiased=False)
+    h = (xd - mean) / (var + eps).sqrt()
+    if weight is not None:
+        h = h * weight.double()
+    return h * (1 + scale.double()[:, None]) + shift.double()[:, None]
+
+
+def residual_modulate_fp64(x, gate, y, shift, scale, weight, eps):
+    """The fused op's spec in float64: r = x + gate * y on the first n = y.shape[0] batch rows (x on the others),
+    x_out = r rounded to x.dtype, out = AdaLN-modulate of x_out as stored. Returns (x_out in x.dtype, out in
+    float64)."""
+    r = x.double().clone()
+    r[: y.shape[0]] += gate.double()[:, None] * y.double()
+    x_out = r.to(x.dtype)
+    return x_out, adaln_modulate_fp64(x_out, shift, scale, weight, eps)
+
+
+def assert_residual_modulate_close(x_out, out, x, gate, y, shift, scale, weight, eps):
+    """x_out against the float64 formula rounded to its dtype: one ulp (the fp32 sum may flip the rounding) and
+    the fp32 error of x + gate * y, absolute (it may cancel). out against the float64 AdaLN-modulate of the
+    kernel's own x_out, i.e. of the rounded values (an ulp of x_out, after the LayerNorm, is far more than an ulp
+    of out when |mean| >> std): one ulp of out plus the fp32 error of h * w * (1 + scale) + shift."""
+    assert x_out.dtype == out.dtype == x.dtype and x_out.shape == out.shape == x.shape
+    fp32 = torch.finfo(torch.float32).eps
+    ref_x, _ = residual_modulate_fp64(x, gate, y, shift, scale, weight, eps)
+    gy = torch.zeros_like(x, dtype=torch.float64)
+    gy[: y.shape[0]] = (gate.double()[:, None] * y.double()).abs()
+    bound = torch.finfo(x.dtype).eps * ref_x.double().abs() + 4 * fp32 * (x.double().abs() + gy) + 1e-30
+    err = (x_out.double() - ref_x.double()).abs()
+    assert (err <= bound).all(), f"x_out: max excess {(err - bound).max().item():.3g} (max err {err.max().item():.3g})"
+    ref = adaln_modulate_fp64(x_out, shift, scale, weight, eps)
+    sh = shift.double()[:, None].expand_as(ref)
+    bound = torch.finfo(x.dtype).eps * ref.abs() + 8 * fp32 * ((ref - sh).abs() + sh.abs()) + 1e-7
+    err = (out.double() - ref).abs()
+    assert (err <= bound).all(), f"out: max excess {(err - bound).max().item():.3g} (max err {err.max().item():.3g})"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("B", "n"), [(4, 4), (4, 2), (4, 1)])
+@pytest.mark.parametrize("T", [1, 5])
+@pytest.mark.parametrize("D", [7, 48, 1000])
+def test_residual_modulate(dtype, param_dtype, B, n, T, D):
+    x, y = rand(B, T, D, dtype=dtype, scale=2.0) + 0.5, rand(n, T, D, dtype=dtype, seed=1)
+    modulation = rand(B, 9 * D, dtype=param_dtype, seed=2)  # a hoisted (B, 9 * D) modulation: strided chunks
+    shift, scale, gate = modulation[:, :D], modulation[:, 4 * D : 5 * D], modulation[:n, 2 * D : 3 * D]
+    for weight in (None, rand(D, dtype=param_dtype, seed=3) + 1.0):
+        x_out, out = torch.empty_like(x), torch.empty_like(x)
+        _C.residual_modulate(x, gate, y, shift, scale, x_out, out, weight, 1e-6)
+        assert_residual_modulate_close(x_out, out, x, gate, y, shift, scale, weight, 1e-6)
+        assert torch.equal(x_out[n:], x[n:])  # rows without a residual are copied
+        # The unfused sequence it replaces, bit for bit: gated_residual on the first n rows, then adaln_modulate.
+        x_seq, out_seq = x.clone(), torch.empty_like(x)
+        _C.gated_residual(x[:n], gate, y, x_seq[:n])
+        _C.adaln_modulate(x_seq, shift, scale, out_seq, weight, 1e-6)
+        assert torch.equal(x_out, x_seq) and torch.equal(out, out_seq)
+        z, out_z = x.clone(), torch.empty_like(x)
+        _C.residual_modulate(z, gate, y, shift, scale, z, out_z, weight, 1e-6)  # in place: x_out is x
+        assert torch.equal(z, x_out) and torch.equal(out_z, out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_residual_modulate_normalises_the_rounded_residual(dtype):
+    """Far from zero (|mean| >> std) an ulp of x_out is a large step after the LayerNorm: out must be the LayerNorm
+    of x_out as stored (rounded), not of the fp32 sum, which is far off here."""
+    B, n, T, D = 3, 2, 4, 96
+    x, y = rand(B, T, D, dtype=dtype) + 200.0, rand(n, T, D, dtype=dtype, seed=1)
+    gate, shift, scale = rand(n, D, seed=2) * 0.3, rand(B, D, seed=3), rand(B, D, seed=4)
+    x_out, out = torch.empty_like(x), torch.empty_like(x)
+    _C.residual_modulate(x, gate, y, shift, scale, x_out, out, None, 1e-6)
+    assert_residual_modulate_close(x_out, out, x, gate, y, shift, scale, None, 1e-6)
+    _, ref = residual_modulate_fp64(x, gate, y, shift, scale, None, 1e-6)
+    assert_matches_ref(out, ref.to(dtype), ulps=2, atol=1e-4)
+    unrounded = x.double().clone()
+    unrounded[:n] += gate.double()[:, None] * y.double()
+    wrong = adaln_modulate_fp64(unrounded, shift, scale, None, 1e-6)
+    assert (wrong[:n] - ref[:n]).abs().max() > 0.1  # so the rule is what the comparisons above check
+
+
+def test_residual_modulate_empty_shapes():
+    for B, n, T, D in ((0, 0, 3, 8), (2, 1, 0, 8), (2, 2, 3, 0)):
+        x, y = torch.empty(B, T, D), torch.empty(n, T, D)
+        x_out, out = torch.empty_like(x), torch.empty_like(x)
+        _C.residual_modulate(x, torch.empty(n, D), y, torch.empty(B, D), torch.empty(B, D), x_out, out)
+
+
 def _rope_with_angle_sign(x: torch.Tensor, base: float, sign: float) -> torch.Tensor:
     """RoPE written out in float64 with angles of the given sign (the reference of the inverse rotation)."""
     T, Dh = x.shape[1], x.shape[-1]
@@ -420,6 +509,64 @@ def test_snake_beta_bad_inputs():
         _C.snake_beta(x, p.double(), p.double(), torch.empty_like(x))
 
 
+def test_residual_modulate_bad_inputs():
+    B, n, T, D = 4, 2, 3, 8
+    x, y, m = torch.randn(B, T, D), torch.randn(n, T, D), torch.randn(B, 9 * D)
+    gate, shift, scale = m[:n, 2 * D : 3 * D], m[:, :D], m[:, D : 2 * D]
+    x_out, out = torch.empty_like(x), torch.empty_like(x)
+    with pytest.raises(
+        ValueError,
+        match=r"residual_modulate: y must have shape \(n, T, D\) with 1 <= n <= B = 4 and \(T, D\) = x.shape\[1:\] = "
+        r"\(3, 8\), got \(5, 3, 8\)",
+    ):
+        _C.residual_modulate(x, gate, torch.randn(B + 1, T, D), shift, scale, x_out, out)
+    with pytest.raises(ValueError, match=r"residual_modulate: y must have shape \(n, T, D\) .* got \(2, 2, 8\)"):
+        _C.residual_modulate(x, gate, y[:, :2], shift, scale, x_out, out)
+    with pytest.raises(ValueError, match=r"residual_modulate: y must have shape \(n, T, D\) .* got \(0, 3, 8\)"):
+        _C.residual_modulate(x, gate[:0], y[:0], shift, scale, x_out, out)
+    with pytest.raises(TypeError, match="residual_modulate: y is float16 but x is float32; they must match"):
+        _C.residual_modulate(x, gate, y.half(), shift, scale, x_out, out)
+    with pytest.raises(ValueError, match="residual_modulate: x must be contiguous"):
+        _C.residual_modulate(torch.randn(B, D, T).transpose(1, 2), gate, y, shift, scale, x_out, out)
+    with pytest.raises(ValueError, match="residual_modulate: y must be contiguous"):
+        _C.residual_modulate(x, gate, torch.randn(n, D, T).transpose(1, 2), shift, scale, x_out, out)
+    with pytest.raises(ValueError, match="residual_modulate: eps=0.0+ must be positive"):
+        _C.residual_modulate(x, gate, y, shift, scale, x_out, out, None, 0.0)
+    with pytest.raises(ValueError, match="residual_modulate: eps=-1.0+ must be positive"):
+        _C.residual_modulate(x, gate, y, shift, scale, x_out, out, eps=-1.0)
+    with pytest.raises(ValueError, match=r"residual_modulate: x must have shape \(B, T, D\), got \(4, 24\)"):
+        _C.residual_modulate(x.view(B, T * D), gate, y, shift, scale, x_out, out)
+    with pytest.raises(
+        ValueError, match=r"residual_modulate: gate must have shape \(n, D\) with n = y.shape\[0\] = \(2, 8\), got"
+    ):
+        _C.residual_modulate(x, m[:, 2 * D : 3 * D], y, shift, scale, x_out, out)
+    with pytest.raises(ValueError, match=r"residual_modulate: scale must have shape \(B, D\) = \(4, 8\), got \(2, 8\)"):
+        _C.residual_modulate(x, gate, y, shift, scale[:n], x_out, out)
+    with pytest.raises(ValueError, match="residual_modulate: gate must have a contiguous last dimension"):
+        _C.residual_modulate(x, torch.randn(D, n).T, y, shift, scale, x_out, out)
+    with pytest.raises(TypeError, match="residual_modulate: shift is bfloat16 but gate is float32; they must match"):
+        _C.residual_modulate(x, gate, y, shift.bfloat16(), scale, x_out, out)
+    with pytest.raises(TypeError, match="residual_modulate: weight is float16 but gate is float32; they must match"):
+        _C.residual_modulate(x, gate, y, shift, scale, x_out, out, torch.ones(D, dtype=torch.float16))
+    with pytest.raises(ValueError, match=r"residual_modulate: weight must have shape \(D,\) = \(8,\), got \(7,\)"):
+        _C.residual_modulate(x, gate, y, shift, scale, x_out, out, torch.ones(D - 1))
+    with pytest.raises(
+        ValueError, match=r"residual_modulate: out must have shape \(B, T, D\) = x.shape = \(4, 3, 8\), got"
+    ):
+        _C.residual_modulate(x, gate, y, shift, scale, x_out, torch.empty(B, T, D + 1))
+    with pytest.raises(TypeError, match="residual_modulate: x_out is bfloat16 but x is float32; they must match"):
+        _C.residual_modulate(x, gate, y, shift, scale, x_out.bfloat16(), out)
+    with pytest.raises(ValueError, match="residual_modulate: out must not overlap x or x_out"):
+        _C.residual_modulate(x, gate, y, shift, scale, x_out, x)
+    with pytest.raises(ValueError, match="residual_modulate: out must not overlap x or x_out"):
+        _C.residual_modulate(x, gate, y, shift, scale, x, x)
+    buf = torch.empty(2 * x.numel())
+    with pytest.raises(ValueError, match="residual_modulate: x_out must be x itself or not overlap it"):
+        _C.residual_modulate(buf[: x.numel()].view_as(x), gate, y, shift, scale, buf[1 : x.numel() + 1].view_as(x), out)
+    with pytest.raises(TypeError, match="x has an unsupported dtype .* allowed: float32, float16, bfloat16"):
+        _C.residual_modulate(x.double(), gate, y.double(), shift, scale, x_out.double(), out.double())
+
+
 # ---------------------------------------------------------------- the library, the build, and embedding
 
 
@@ -572,3 +719,41 @@ def test_cuda_kernels_scalar_path_side_stream_and_graph_capture():
     static_x.copy_(x_offset * 2)
     graph.replay()
     assert torch.equal(static_out, ops.gelu_tanh(x_offset * 2, impl="cuda"))
+
+
+def _misaligned_copy(x: torch.Tensor) -> torch.Tensor:
+    """A copy of x one element into a buffer: not 16-byte aligned, so the kernels take the scalar path."""
+    return torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)[1:].view_as(x).copy_(x)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16])
+def test_cuda_residual_modulate_matches_cpu_twin(dtype, param_dtype):
+    """The CUDA kernel against its C++ twin on the same inputs: the etta width with a long sequence and n < B, odd
+    widths (the scalar path), rows wider than the kernel's register cache (the rest re-read from x_out, also in
+    place), more rows than 65535, and a view misaligned by one element (the scalar path)."""
+    stream = torch.cuda.current_stream().cuda_stream
+    cases = [(2, 2, T215, W), (4, 2, 4096, W), (4, 1, 5, 7), (3, 2, 9, 1000), (2, 1, 3, 4096), (2, 2, 3, 40000)]
+    cases += [(2, 1, 3, 9001), (1, 1, 70000, 48)]
+    for i, (B, n, T, D) in enumerate(cases):
+        modulation = _cuda_rand(B, 9 * D, dtype=param_dtype, seed=i)
+        shift, scale, gate = modulation[:, :D], modulation[:, 4 * D : 5 * D], modulation[:n, 2 * D : 3 * D]
+        weight = _cuda_rand(D, dtype=param_dtype, seed=i + 1) + 1.0
+        x = _cuda_rand(B, T, D, dtype=dtype, seed=i + 2) * 2 + 0.5
+        y = _cuda_rand(n, T, D, dtype=dtype, seed=i + 3)
+        g, sh, sc, w = (p.cpu() for p in (gate, shift, scale, weight))
+        cpu_x_out, cpu_out = torch.empty(B, T, D, dtype=dtype), torch.empty(B, T, D, dtype=dtype)
+        _C.residual_modulate(x.cpu(), g, y.cpu(), sh, sc, cpu_x_out, cpu_out, w, 1e-6)
+        for misaligned in (False, True):
+            xs = _misaligned_copy(x) if misaligned else x
+            x_out, out = torch.empty_like(x), torch.empty_like(x)
+            _C.residual_modulate(xs, gate, y, shift, scale, x_out, out, weight, 1e-6, stream)
+            assert_matches_ref(x_out.cpu(), cpu_x_out)  # a fused multiply-add may flip a rounding
+            # out is the AdaLN-modulate of the kernel's own x_out (fp32 statistics against the twin's fp64).
+            ref = torch.empty_like(cpu_out)
+            _C.adaln_modulate(x_out.cpu(), sh, sc, ref, w, 1e-6)
+            assert_matches_ref(out.cpu(), ref, ulps=2, atol=3e-5)
+            z, out_z = _misaligned_copy(x) if misaligned else x.clone(), torch.empty_like(x)
+            _C.residual_modulate(z, gate, y, shift, scale, z, out_z, weight, 1e-6, stream)  # in place
+            assert torch.equal(z, x_out) and torch.equal(out_z, out), (B, n, T, D, misaligned)

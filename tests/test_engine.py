@@ -98,6 +98,27 @@ def test_engine_with_csrc_ops_and_non_prefix_rows(tiny_cfg):
         assert (velocity(x) - ref).abs().max() <= 2e-5 * ref.abs().max()
 
 
+@pytest.mark.parametrize("ops", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_engine_with_kernels_and_fused_seams_equals_the_model(tiny_cfg, ops, dtype):
+    """The step with our kernels equals the model with the same kernels (in bf16, kernels and torch ops round
+    differently): CFG rows in order (the residual + AdaLN seams fused, the uncond rows passing the
+    cross-attention), all rows attending (a negative prompt), and attending rows out of order (unfused)."""
+    if ops == "triton":
+        pytest.importorskip("triton")
+    dit = _dit(tiny_cfg, dtype, ops=ops)
+    cond, negative = _cond(dit, B=2), _cond(dit, B=2, negative=True)
+    flipped = DiTConditioning(*(torch.cat((t[2:], t[:2])) for t in cond))
+    x = torch.randn(4, dit.cfg.io_channels, 9, generator=torch.Generator().manual_seed(8)).to(dtype)
+    tol = 2e-5 if dtype == torch.float32 else 1e-2
+    for c, rows in ((cond, [0, 1]), (negative, [0, 1, 2, 3]), (flipped, [2, 3])):
+        velocity = DiTEngine(dit).prepare(c, [0.4])
+        assert velocity.rows == rows
+        with torch.no_grad():
+            ref = dit(x, torch.full((4,), 0.4), *c).float()
+        assert (velocity(x).float() - ref).abs().max() <= tol * ref.abs().max()
+
+
 def test_zero_rows_told_by_the_caller(tiny_cfg):
     """``zero_rows`` skips the rows the caller zeroed without looking (same rows and velocities as finding them);
     rows it leaves out attend, even with a zero memory (exact: their cross-attention is zero); a memory embedding

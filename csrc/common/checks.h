@@ -65,6 +65,26 @@ inline etta_status check_gated_residual(const void* x, const void* gate, const v
   return check_dtypes(dtype, param_dtype);
 }
 
+inline etta_status check_residual_modulate(const void* x, const void* gate, const void* y, const void* shift,
+                                           const void* scale, const void* x_out, const void* out, int64_t batch,
+                                           int64_t rows_with_residual, int64_t seq, int64_t dim, int64_t gate_stride,
+                                           int64_t shift_stride, int64_t scale_stride, float eps, etta_dtype dtype,
+                                           etta_dtype param_dtype) {
+  if (!non_negative(batch, rows_with_residual, seq, dim, gate_stride, shift_stride, scale_stride) || !(eps > 0.0f)) {
+    return ETTA_ERROR_INVALID_ARGUMENT;
+  }
+  // 1 <= n <= batch: every launch has rows with a residual (n = 0 only for an empty batch).
+  if (rows_with_residual > batch || (batch > 0 && rows_with_residual < 1)) return ETTA_ERROR_INVALID_ARGUMENT;
+  if (batch * seq * dim > 0) {
+    if (x == nullptr || gate == nullptr || y == nullptr || shift == nullptr || scale == nullptr || x_out == nullptr ||
+        out == nullptr) {
+      return ETTA_ERROR_INVALID_ARGUMENT;
+    }
+    if (out == x || out == x_out) return ETTA_ERROR_INVALID_ARGUMENT;  // out is written while the row is read
+  }
+  return check_dtypes(dtype, param_dtype);
+}
+
 inline etta_status check_rope(const void* in, const int64_t* in_strides, void* const* out, int64_t slices,
                               int64_t batch, int64_t seq, int64_t heads, int64_t head_dim, float base,
                               etta_dtype dtype) {

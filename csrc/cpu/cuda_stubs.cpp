@@ -27,6 +27,12 @@ etta_status etta_gated_residual_cuda(const void*, const void*, const void*, void
   return ETTA_ERROR_NOT_COMPILED;
 }
 
+etta_status etta_residual_modulate_cuda(const void*, const void*, const void*, const void*, const void*, const void*,
+                                        void*, void*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                        float, etta_dtype, etta_dtype, void*) {
+  return ETTA_ERROR_NOT_COMPILED;
+}
+
 etta_status etta_rope_cuda(const void*, const int64_t*, void* const*, int64_t, int64_t, int64_t, int64_t, int64_t,
                            float, int, etta_dtype, void*) {
   return ETTA_ERROR_NOT_COMPILED;

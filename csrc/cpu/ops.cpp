@@ -59,31 +59,40 @@ void snake_beta(const T* x, const P* alpha, const P* beta, T* y, int64_t batch, 
   }
 }
 
+// One row of AdaLN-modulate: out = layer_norm(x, weight, eps) * (1 + sc) + sh. out may alias x.
+template <class T, class P>
+void adaln_row(const T* xr, const P* sh, const P* sc, const P* weight, T* outr, int64_t dim, float eps) {
+  double sum = 0.0;
+  for (int64_t c = 0; c < dim; ++c) sum += to_float(xr[c]);
+  const double mean = sum / dim;
+  double sq = 0.0;
+  for (int64_t c = 0; c < dim; ++c) {
+    const double d = to_float(xr[c]) - mean;
+    sq += d * d;
+  }
+  const double rstd = 1.0 / std::sqrt(sq / dim + eps);
+  for (int64_t c = 0; c < dim; ++c) {
+    float h = static_cast<float>((to_float(xr[c]) - mean) * rstd);
+    if (weight) h *= to_float(weight[c]);
+    outr[c] = from_float<T>(h * (1.0f + to_float(sc[c])) + to_float(sh[c]));
+  }
+}
+
 template <class T, class P>
 void adaln(const T* x, const P* shift, const P* scale, const P* weight, T* out, int64_t batch, int64_t seq,
            int64_t dim, int64_t shift_stride, int64_t scale_stride, float eps) {
   const int64_t rows = batch * seq;
 #pragma omp parallel for schedule(static) if (rows * dim >= kParallelMin)
   for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * dim;
-    T* outr = out + r * dim;
-    const P* sh = shift + (r / seq) * shift_stride;
-    const P* sc = scale + (r / seq) * scale_stride;
-    double sum = 0.0;
-    for (int64_t c = 0; c < dim; ++c) sum += to_float(xr[c]);
-    const double mean = sum / dim;
-    double sq = 0.0;
-    for (int64_t c = 0; c < dim; ++c) {
-      const double d = to_float(xr[c]) - mean;
-      sq += d * d;
-    }
-    const double rstd = 1.0 / std::sqrt(sq / dim + eps);
-    for (int64_t c = 0; c < dim; ++c) {
-      float h = static_cast<float>((to_float(xr[c]) - mean) * rstd);
-      if (weight) h *= to_float(weight[c]);
-      outr[c] = from_float<T>(h * (1.0f + to_float(sc[c])) + to_float(sh[c]));
-    }
+    adaln_row(x + r * dim, shift + (r / seq) * shift_stride, scale + (r / seq) * scale_stride, weight, out + r * dim,
+              dim, eps);
   }
+}
+
+// One row of the gated residual: out = x + g * y. out may alias x.
+template <class T, class P>
+void gated_residual_row(const T* xr, const P* g, const T* yr, T* outr, int64_t dim) {
+  for (int64_t c = 0; c < dim; ++c) outr[c] = from_float<T>(to_float(xr[c]) + to_float(g[c]) * to_float(yr[c]));
 }
 
 template <class T, class P>
@@ -92,10 +101,29 @@ void gated_residual(const T* x, const P* gate, const T* y, T* out, int64_t batch
   const int64_t rows = batch * seq;
 #pragma omp parallel for schedule(static) if (rows * dim >= kParallelMin)
   for (int64_t r = 0; r < rows; ++r) {
-    const P* g = gate + (r / seq) * gate_stride;
-    for (int64_t c = r * dim; c < (r + 1) * dim; ++c) {
-      out[c] = from_float<T>(to_float(x[c]) + to_float(g[c - r * dim]) * to_float(y[c]));
+    gated_residual_row(x + r * dim, gate + (r / seq) * gate_stride, y + r * dim, out + r * dim, dim);
+  }
+}
+
+// The two rows above in sequence on each row: x_out = x + gate * y (the first n * seq rows; the others copy x),
+// then out = AdaLN-modulate of x_out as stored (rounded to T). x_out may alias x; out overlaps neither.
+template <class T, class P>
+void residual_modulate(const T* x, const P* gate, const T* y, const P* shift, const P* scale, const P* weight,
+                       T* x_out, T* out, int64_t batch, int64_t n, int64_t seq, int64_t dim, int64_t gate_stride,
+                       int64_t shift_stride, int64_t scale_stride, float eps) {
+  const int64_t rows = batch * seq;
+#pragma omp parallel for schedule(static) if (rows * dim >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = r / seq;
+    const T* xr = x + r * dim;
+    T* xo = x_out + r * dim;
+    if (b < n) {
+      gated_residual_row(xr, gate + b * gate_stride, y + r * dim, xo, dim);
+    } else if (xo != xr) {
+      for (int64_t c = 0; c < dim; ++c) xo[c] = xr[c];
     }
+    adaln_row(static_cast<const T*>(xo), shift + b * shift_stride, scale + b * scale_stride, weight, out + r * dim,
+              dim, eps);
   }
 }
 
@@ -153,6 +181,7 @@ using etta::detail::check_adaln;
 using etta::detail::check_gated_residual;
 using etta::detail::check_gelu;
 using etta::detail::check_guided_update;
+using etta::detail::check_residual_modulate;
 using etta::detail::check_rope;
 using etta::detail::check_snake_beta;
 
@@ -205,6 +234,25 @@ extern "C" etta_status etta_gated_residual_cpu(const void* x, const void* gate, 
     using P = typename decltype(p)::type;
     etta::cpu::gated_residual(static_cast<const T*>(x), static_cast<const P*>(gate), static_cast<const T*>(y),
                               static_cast<T*>(out), batch, seq, dim, gate_stride);
+    return ETTA_OK;
+  });
+}
+
+extern "C" etta_status etta_residual_modulate_cpu(const void* x, const void* gate, const void* y, const void* shift,
+                                                  const void* scale, const void* weight, void* x_out, void* out,
+                                                  int64_t batch, int64_t rows_with_residual, int64_t seq, int64_t dim,
+                                                  int64_t gate_stride, int64_t shift_stride, int64_t scale_stride,
+                                                  float eps, etta_dtype dtype, etta_dtype param_dtype) {
+  ETTA_TRY(check_residual_modulate(x, gate, y, shift, scale, x_out, out, batch, rows_with_residual, seq, dim,
+                                   gate_stride, shift_stride, scale_stride, eps, dtype, param_dtype));
+  if (batch * seq * dim == 0) return ETTA_OK;
+  return etta::cpu::visit2(dtype, param_dtype, [&](auto t, auto p) {
+    using T = typename decltype(t)::type;
+    using P = typename decltype(p)::type;
+    etta::cpu::residual_modulate(static_cast<const T*>(x), static_cast<const P*>(gate), static_cast<const T*>(y),
+                                 static_cast<const P*>(shift), static_cast<const P*>(scale),
+                                 static_cast<const P*>(weight), static_cast<T*>(x_out), static_cast<T*>(out), batch,
+                                 rows_with_residual, seq, dim, gate_stride, shift_stride, scale_stride, eps);
     return ETTA_OK;
   });
 }

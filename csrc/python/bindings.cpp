@@ -337,6 +337,80 @@ void gated_residual(const py::object& x_obj, const py::object& gate_obj, const p
       });
 }
 
+// True if the byte ranges of two dense tensors overlap.
+bool overlaps(const DLPackView& a, const DLPackView& b) {
+  const auto begin = [](const DLPackView& v) { return reinterpret_cast<uintptr_t>(v.data()); };
+  const auto end = [&](const DLPackView& v) {
+    return begin(v) + static_cast<uintptr_t>(v.numel()) * ((v.tensor().dtype.bits + 7) / 8);
+  };
+  return a.numel() > 0 && b.numel() > 0 && begin(a) < end(b) && begin(b) < end(a);
+}
+
+void residual_modulate(const py::object& x_obj, const py::object& gate_obj, const py::object& y_obj,
+                       const py::object& shift_obj, const py::object& scale_obj, const py::object& x_out_obj,
+                       const py::object& out_obj, const py::object& weight_obj, double eps, int64_t stream) {
+  const Checker c("residual_modulate");
+  DLPackView x(x_obj, "x", stream), gate(gate_obj, "gate", stream), y(y_obj, "y", stream);
+  DLPackView shift(shift_obj, "shift", stream), scale(scale_obj, "scale", stream);
+  DLPackView x_out(x_out_obj, "x_out", stream), out(out_obj, "out", stream);
+  const View weight = view(weight_obj, "weight", stream);
+  c.ndim(x, 3, "(B, T, D)");
+  const int64_t B = x.shape()[0], T = x.shape()[1], D = x.shape()[2];
+  (void)x.dtype();  // an unsupported dtype is reported under the name of x
+  // y holds the sub-layer's output of the first n batch rows, the rows that get a residual.
+  const int64_t n = y.ndim() == 3 ? y.shape()[0] : -1;
+  if (n < 0 || n > B || (n < 1 && B > 0) || y.shape()[1] != T || y.shape()[2] != D) {
+    c.value_error("y must have shape (n, T, D) with 1 <= n <= B = " + std::to_string(B) +
+                  " and (T, D) = x.shape[1:] = " + shape_str({T, D}) + ", got " + shape_str(y.shape()));
+  }
+  c.same_dtype(y, x);
+  c.contiguous(y);
+  c.same_device(y, x);
+  for (const DLPackView* p : {&x_out, &out}) {
+    c.shape(*p, x.shape(), "(B, T, D) = x.shape");
+    c.same_dtype(*p, x);
+    c.contiguous(*p);
+    c.same_device(*p, x);
+  }
+  c.contiguous(x);
+  c.shape(gate, {n, D}, "(n, D) with n = y.shape[0]");
+  for (const DLPackView* p : {&shift, &scale}) c.shape(*p, {B, D}, "(B, D)");
+  for (const DLPackView* p : {&gate, &shift, &scale}) {
+    c.last_dim_contiguous(*p);
+    c.same_device(*p, x);
+  }
+  (void)gate.dtype();
+  c.same_dtype(shift, gate);
+  c.same_dtype(scale, gate);
+  if (weight) {
+    c.shape(*weight, {D}, "(D,)");
+    c.contiguous(*weight);
+    c.same_dtype(*weight, gate);
+    c.same_device(*weight, x);
+  }
+  if (!(eps > 0)) c.value_error("eps=" + std::to_string(eps) + " must be positive");
+  if (overlaps(out, x) || overlaps(out, x_out)) c.value_error("out must not overlap x or x_out");
+  if (x_out.data() != x.data() && overlaps(x_out, x)) c.value_error("x_out must be x itself or not overlap it");
+  const int64_t gate_stride = n > 1 ? gate.strides()[0] : D;
+  const int64_t shift_stride = B > 1 ? shift.strides()[0] : D, scale_stride = B > 1 ? scale.strides()[0] : D;
+  if (gate_stride < 0 || shift_stride < 0 || scale_stride < 0) {
+    c.value_error("gate, shift and scale must not have negative strides");
+  }
+  const float e = static_cast<float>(eps);
+  c.run(
+      x,
+      [&] {
+        return etta_residual_modulate_cpu(x.data(), gate.data(), y.data(), shift.data(), scale.data(), data(weight),
+                                          x_out.data(), out.data(), B, n, T, D, gate_stride, shift_stride,
+                                          scale_stride, e, x.dtype(), gate.dtype());
+      },
+      [&] {
+        return etta_residual_modulate_cuda(x.data(), gate.data(), y.data(), shift.data(), scale.data(), data(weight),
+                                           x_out.data(), out.data(), B, n, T, D, gate_stride, shift_stride,
+                                           scale_stride, e, x.dtype(), gate.dtype(), as_stream(stream));
+      });
+}
+
 // RoPE of `slices` (B, T, H, D) tensors read from `x` (strides: batch, seq, slice, head) into `outs`.
 void rope_impl(const Checker& c, const DLPackView& x, std::vector<const DLPackView*> outs, const int64_t strides[4],
                int64_t B, int64_t T, int64_t H, int64_t D, double base, bool inverse, int64_t stream) {
@@ -435,6 +509,15 @@ PYBIND11_MODULE(_C, m) {
   m.def("gated_residual", &gated_residual, py::arg("x"), py::arg("gate"), py::arg("y"), py::arg("out"),
         py::arg("stream") = 0,
         "out = x + gate[:, None] * y. x, y, out: (B, T, D) contiguous (out may be x); gate: (B, D), contiguous rows.");
+  m.def("residual_modulate", &residual_modulate, py::arg("x"), py::arg("gate"), py::arg("y"), py::arg("shift"),
+        py::arg("scale"), py::arg("x_out"), py::arg("out"), py::arg("weight") = py::none(), py::arg("eps") = 1e-6,
+        py::arg("stream") = 0,
+        "Gated residual and AdaLN-modulate in one pass: x_out = x + gate[:, None] * y on the first n = y.shape[0] "
+        "batch rows (x_out = x on the others), out = layer_norm(x_out, weight, eps) * (1 + scale[:, None]) + "
+        "shift[:, None], the LayerNorm reading x_out as stored (rounded to x.dtype). x, x_out, out: (B, T, D) "
+        "contiguous, x's dtype (x_out may be x; out overlaps neither); y: (n, T, D) contiguous with 1 <= n <= B, "
+        "x's dtype; gate: (n, D), shift, scale: (B, D), with contiguous rows (any row stride); weight: (D,) or "
+        "None; gate, shift, scale and weight share a dtype.");
   m.def("rope", &rope, py::arg("x"), py::arg("out"), py::arg("base") = 16384.0, py::arg("inverse") = false,
         py::arg("stream") = 0,
         "out = RoPE(x) (rotate-half, positions 0..T-1). x: (B, T, H, D), any strides with a contiguous last dim; "

@@ -12,6 +12,7 @@ from etta_engine.ops.attention import attention, attention_ref
 from etta_engine.ops.gelu import gelu_tanh, gelu_tanh_ref
 from etta_engine.ops.guidance import guided_update, guided_update_ref
 from etta_engine.ops.residual import gated_residual, gated_residual_ref
+from etta_engine.ops.residual_modulate import residual_modulate, residual_modulate_ref
 from etta_engine.ops.rope import apply_rope, apply_rope_qk, apply_rope_ref, rope_angles
 from etta_engine.ops.snake import snake_beta, snake_beta_ref
 
@@ -29,6 +30,8 @@ __all__ = [
     "gelu_tanh_ref",
     "guided_update",
     "guided_update_ref",
+    "residual_modulate",
+    "residual_modulate_ref",
     "rope_angles",
     "snake_beta",
     "snake_beta_ref",

@@ -96,6 +96,30 @@ etta_status etta_gated_residual_cuda(const void* x, const void* gate, const void
                                      int64_t seq, int64_t dim, int64_t gate_stride, etta_dtype dtype,
                                      etta_dtype param_dtype, void* stream);
 
+/* Gated residual and AdaLN-modulate fused, the DiT's `x = x + gate * sublayer(h); h = modulate(norm(x))`
+ * in one pass over each row (b, t), where only the first `rows_with_residual` (n) batch rows get a residual:
+ *   r = x[b, t, :] + gate[b, :] * y[b, t, :]  for b < n;   r = x[b, t, :]  for b >= n   (in fp32)
+ *   x_out[b, t, :] = r rounded to `dtype`
+ *   out[b, t, :] = layer_norm(x_out[b, t, :], weight, eps) * (1 + scale[b, :]) + shift[b, :]
+ * The LayerNorm reads x_out as stored (the rounded value), so the result is that of gated_residual followed
+ * by adaln_modulate in every dtype.
+ * x, x_out, out: (batch, seq, dim) in `dtype`, dense; x_out may alias x (in place); out must not overlap x
+ * or x_out. y: (rows_with_residual, seq, dim) in `dtype`, dense, 1 <= rows_with_residual <= batch (0 when
+ * batch is 0). gate: (rows_with_residual, dim), shift, scale: (batch, dim), all in `param_dtype`, rows
+ * `gate_stride` / `shift_stride` / `scale_stride` elements apart (e.g. 9 * dim for chunks of a hoisted
+ * (batch, 9 * dim) modulation; 0 broadcasts one row). weight: (dim,) in `param_dtype`, or NULL for no affine
+ * weight. Statistics in fp32, two-pass. */
+etta_status etta_residual_modulate_cpu(const void* x, const void* gate, const void* y, const void* shift,
+                                       const void* scale, const void* weight, void* x_out, void* out, int64_t batch,
+                                       int64_t rows_with_residual, int64_t seq, int64_t dim, int64_t gate_stride,
+                                       int64_t shift_stride, int64_t scale_stride, float eps, etta_dtype dtype,
+                                       etta_dtype param_dtype);
+etta_status etta_residual_modulate_cuda(const void* x, const void* gate, const void* y, const void* shift,
+                                        const void* scale, const void* weight, void* x_out, void* out, int64_t batch,
+                                        int64_t rows_with_residual, int64_t seq, int64_t dim, int64_t gate_stride,
+                                        int64_t shift_stride, int64_t scale_stride, float eps, etta_dtype dtype,
+                                        etta_dtype param_dtype, void* stream);
+
 /* Rotary position embedding (rotate-half layout, position of token t is t) of `slices` (1 or 2)
  * tensors read from one strided input, e.g. q and k of a fused QKV projection:
  *   theta[t, i] = t * base^(-2i / head_dim),  i < head_dim / 2;  x = [x1, x2] (halves of the head dim)
