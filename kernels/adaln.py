@@ -41,6 +41,19 @@ def _xhat(x, mean, rstd, mask):
 
 
 @triton.jit
+def _modulate_row(
+    x, b, cols, mask, D, eps, shift_ptr, scale_ptr, w_ptr, stride_shift_b, stride_scale_b, HAS_WEIGHT: tl.constexpr
+):
+    """(out, mean, rstd) of one row x (fp32, zero where masked) of batch element b."""
+    mean = tl.sum(x, axis=0) / D
+    xc = tl.where(mask, x - mean, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / D + eps)
+    gain, w = _load_gain(scale_ptr, w_ptr, b, stride_scale_b, cols, mask, HAS_WEIGHT)
+    shift = tl.load(shift_ptr + b * stride_shift_b + cols, mask=mask, other=0.0).to(tl.float32)
+    return _xhat(x, mean, rstd, mask) * w * gain + shift, mean, rstd
+
+
+@triton.jit
 def _adaln_forward_kernel(
     x_ptr,
     shift_ptr,
@@ -65,12 +78,9 @@ def _adaln_forward_kernel(
     cols = tl.arange(0, BLOCK_D)
     mask = cols < D
     x = tl.load(x_ptr + b * stride_x_b + t * stride_x_t + cols, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=0) / D
-    xc = tl.where(mask, x - mean, 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / D + eps)
-    gain, w = _load_gain(scale_ptr, w_ptr, b, stride_scale_b, cols, mask, HAS_WEIGHT)
-    shift = tl.load(shift_ptr + b * stride_shift_b + cols, mask=mask, other=0.0).to(tl.float32)
-    y = _xhat(x, mean, rstd, mask) * w * gain + shift
+    y, mean, rstd = _modulate_row(
+        x, b, cols, mask, D, eps, shift_ptr, scale_ptr, w_ptr, stride_shift_b, stride_scale_b, HAS_WEIGHT
+    )
     tl.store(y_ptr + row * D + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + row, mean)
     tl.store(rstd_ptr + row, rstd)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from etta_engine.kernels.adaln import _block_d, _load_gain, _num_warps, _unit_stride, _xhat
+from etta_engine.kernels.adaln import _block_d, _modulate_row, _num_warps, _unit_stride
 
 
 @triton.jit
@@ -49,12 +49,9 @@ def _residual_modulate_kernel(
     stored = x.to(x_out_ptr.dtype.element_ty)
     tl.store(x_out_ptr + row * D + cols, stored, mask=mask)
     x = stored.to(tl.float32)  # the AdaLN sees the residual stream as stored
-    mean = tl.sum(x, axis=0) / D
-    xc = tl.where(mask, x - mean, 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / D + eps)
-    gain, w = _load_gain(scale_ptr, w_ptr, b, stride_scale_b, cols, mask, HAS_WEIGHT)
-    shift = tl.load(shift_ptr + b * stride_shift_b + cols, mask=mask, other=0.0).to(tl.float32)
-    out = _xhat(x, mean, rstd, mask) * w * gain + shift
+    out, _, _ = _modulate_row(
+        x, b, cols, mask, D, eps, shift_ptr, scale_ptr, w_ptr, stride_shift_b, stride_scale_b, HAS_WEIGHT
+    )
     tl.store(out_ptr + row * D + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -11,7 +11,7 @@ import json
 import sys
 
 import triton
-from etta_engine.kernels import adaln, attention, gelu, residual, rope
+from etta_engine.kernels import adaln, attention, gelu, residual, residual_modulate, rope, snake
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
@@ -27,6 +27,8 @@ POINTER_TYPES = {
     "dshift_ptr": "*fp32",
     "dscale_ptr": "*fp32",
     "dw_ptr": "*fp32",
+    "da_ptr": "*fp32",
+    "db_ptr": "*fp32",
 }
 
 
@@ -64,6 +66,10 @@ CASES = {
     "adaln_backward": (adaln._adaln_backward_kernel, dict(HAS_WEIGHT=True, BLOCK_D=2048), 8),
     "residual_forward": (residual._gated_rows_kernel, dict(HAS_X=True, ACCUMULATE=False, BLOCK_D=1024), 4),
     "residual_backward": (residual._gated_rows_kernel, dict(HAS_X=False, ACCUMULATE=True, BLOCK_D=1024), 4),
+    "residual_modulate": (residual_modulate._residual_modulate_kernel, dict(HAS_WEIGHT=False, BLOCK_D=2048), 8),
+    "residual_modulate_weight": (residual_modulate._residual_modulate_kernel, dict(HAS_WEIGHT=True, BLOCK_D=2048), 8),
+    "snake_forward": (snake._snake_forward_kernel, dict(BLOCK=snake.BLOCK), 4),
+    "snake_backward": (snake._snake_backward_kernel, dict(BLOCK=snake.BLOCK), 4),
     "rope": (rope._rope_kernel, dict(SIGN=1, BLOCK_R=2, BLOCK_H=32, BLOCK_P=32), 4),
     "rope_inverse": (rope._rope_kernel, dict(SIGN=-1, BLOCK_R=2, BLOCK_H=32, BLOCK_P=32), 4),
     "self_attention_rope": (

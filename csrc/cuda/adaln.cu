@@ -56,18 +56,8 @@ __global__ void adaln_kernel(const T* x, const P* __restrict__ shift, const P* _
   const float rstd = rsqrtf(block_sum(sq) / static_cast<float>(dim) + eps);
 
   for_each_chunk<W>(xr, dim, cache, false, [&](const float(&v)[W], int64_t c) {
-    float sh[W], sc[W], w[W], y[W];
-    load<W>(shift + b * shift_stride + c, sh);
-    load<W>(scale + b * scale_stride + c, sc);
-    if (weight != nullptr) {
-      load<W>(weight + c, w);
-    } else {
-#pragma unroll
-      for (int j = 0; j < W; ++j) w[j] = 1.0f;
-    }
-#pragma unroll
-    for (int j = 0; j < W; ++j) y[j] = (v[j] - mean) * rstd * w[j] * (1.0f + sc[j]) + sh[j];
-    store<W>(outr + c, y);
+    modulate_chunk<W>(v, mean, rstd, shift + b * shift_stride + c, scale + b * scale_stride + c,
+                      weight == nullptr ? nullptr : weight + c, outr + c);
   });
 }
 

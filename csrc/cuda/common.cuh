@@ -131,4 +131,23 @@ __device__ __forceinline__ float block_sum(float v) {
   return v;
 }
 
+// One W-wide chunk of an AdaLN-modulated row: out = (v - mean) * rstd * w * (1 + scale) + shift, w = 1 without
+// a weight. shift, scale, weight (or null) and out point at the chunk's first column.
+template <int W, class T, class P>
+__device__ __forceinline__ void modulate_chunk(const float (&v)[W], float mean, float rstd, const P* shift,
+                                               const P* scale, const P* weight, T* out) {
+  float sh[W], sc[W], w[W], o[W];
+  load<W>(shift, sh);
+  load<W>(scale, sc);
+  if (weight != nullptr) {
+    load<W>(weight, w);
+  } else {
+#pragma unroll
+    for (int j = 0; j < W; ++j) w[j] = 1.0f;
+  }
+#pragma unroll
+  for (int j = 0; j < W; ++j) o[j] = (v[j] - mean) * rstd * w[j] * (1.0f + sc[j]) + sh[j];
+  store<W>(out, o);
+}
+
 }  // namespace etta::cuda

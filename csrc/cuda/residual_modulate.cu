@@ -100,18 +100,8 @@ __global__ void __launch_bounds__(kMaxThreads)
 
   T* outr = out + offset;
   for_each_stored_chunk<W>(xo, dim, cache, [&](const float(&v)[W], int64_t c) {
-    float sh[W], sc[W], w[W], o[W];
-    load<W>(shift + b * shift_stride + c, sh);
-    load<W>(scale + b * scale_stride + c, sc);
-    if (weight != nullptr) {
-      load<W>(weight + c, w);
-    } else {
-#pragma unroll
-      for (int j = 0; j < W; ++j) w[j] = 1.0f;
-    }
-#pragma unroll
-    for (int j = 0; j < W; ++j) o[j] = (v[j] - mean) * rstd * w[j] * (1.0f + sc[j]) + sh[j];
-    store<W>(outr + c, o);
+    modulate_chunk<W>(v, mean, rstd, shift + b * shift_stride + c, scale + b * scale_stride + c,
+                      weight == nullptr ? nullptr : weight + c, outr + c);
   });
 }
 
