@@ -8,7 +8,11 @@ namespace etta::cuda {
 namespace {
 
 constexpr int kCached = 8;
-constexpr int kMaxThreads = 1024;
+// At most 512 threads per block: the W = 8 instances keep 64 cached floats per thread and need more than the 64
+// registers a 1024-thread block allows (the launch would fail for dim >= 8192 in bf16); __launch_bounds__ holds
+// the compiler to the 128 of 512 threads. The same bound as the fused residual + AdaLN kernel, so both sum a
+// row's statistics in the same order at every width.
+constexpr int kMaxThreads = 512;
 
 // Calls fn(values, column) for each of this thread's W-wide chunks of the row: values come from
 // `cache` for the first kCached chunks (loaded there when `fill`), from memory after those.
@@ -32,7 +36,7 @@ __device__ __forceinline__ void for_each_chunk(const T* row, int64_t dim, float 
 }
 
 template <int W, class T, class P>
-__global__ void adaln_kernel(const T* x, const P* __restrict__ shift, const P* __restrict__ scale,
+__global__ void __launch_bounds__(kMaxThreads) adaln_kernel(const T* x, const P* __restrict__ shift, const P* __restrict__ scale,
                              const P* __restrict__ weight, T* out, int64_t seq, int64_t dim, int64_t shift_stride,
                              int64_t scale_stride, float eps) {
   const int64_t row = blockIdx.x;
