@@ -1,8 +1,9 @@
 """Is each op fast? Every op of etta_engine.ops against the honest alternatives, in the same run:
 eager torch (the reference), ``torch.compile`` of the reference, our Triton kernel, the csrc/ runtime kernel
 (impl "cuda": CUDA on a GPU, its C++ twin on the CPU), and for attention PyTorch's SDPA backends (flash, cuDNN,
-memory-efficient, math). Plus the fused guidance + Euler update that ends each sampling step, the VAE decoder's
-Snake-beta activation, and the whole DiT forward with our kernels against without them.
+memory-efficient, math). Plus the fused guidance + Euler update that ends each sampling step, the engine's fused
+seam (gated residual + AdaLN of a CFG batch, against the unfused reference), the VAE decoder's Snake-beta
+activation, and the whole DiT forward with our kernels against without them.
 
 Two regimes: inference shapes (B=2, T=215, L=514, D=1536: one CFG half of a 10 s clip) timed as
 latency, and training shapes (B=32) reported as GB/s (elementwise and normalisation ops: bytes read +
@@ -101,6 +102,11 @@ def cases(device: torch.device, dtype: torch.dtype, smoke: bool, compile_ref: bo
         out.append(Case("adaln_modulate", regime, f"{B}x{T}x{W}", run, bytes=2 * n * size))
         run = impls(ops.gated_residual, ops.gated_residual_ref, x, gate, y)
         out.append(Case("gated_residual", regime, f"{B}x{T}x{W}", run, bytes=3 * n * size))
+        if regime == "inference":  # the engine's seam after the cross-attention of a CFG batch (2B rows, B attend)
+            x2, shift2, scale2 = torch.cat((x, x)), torch.cat((shift, shift)), torch.cat((scale, scale))
+            run = impls(ops.residual_modulate, ops.residual_modulate_ref, x2, gate, y, shift2, scale2, weight, 1e-6)
+            # Bytes: x read, y read for half the rows, x_out and out written.
+            out.append(Case("residual_modulate", regime, f"2x{B}x{T}x{W}", run, bytes=7 * n * size))
         hidden = rand(B, T, cfg.dit.ff_mult * W)
         run = impls(ops.gelu_tanh, ops.gelu_tanh_ref, hidden)
         out.append(Case("gelu_tanh", regime, f"{B}x{T}x{hidden.shape[-1]}", run, bytes=2 * hidden.numel() * size))

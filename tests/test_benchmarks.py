@@ -25,7 +25,7 @@ def test_train_dit_throughput_writes_a_row(tmp_path):
 
 def test_ops_benchmark_and_its_plot(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "ops.py"), "--smoke", "--no-compile", "--device", "cpu",
-           "--reps", "1", "--ops", "gelu_tanh,cross_attention_cfg,guided_update,snake_beta",
+           "--reps", "1", "--ops", "gelu_tanh,cross_attention_cfg,guided_update,snake_beta,residual_modulate",
            "--out", str(tmp_path)]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -36,7 +36,8 @@ def test_ops_benchmark_and_its_plot(tmp_path):
     assert {("gelu_tanh", "inference", "torch"), ("gelu_tanh", "training", "triton")} <= rows
     assert ("cross_attention_cfg", "inference", "triton") in rows
     assert {("gelu_tanh", "inference", "cuda"), ("guided_update", "inference", "cuda")} <= rows  # csrc/ rows
-    assert {("snake_beta", "inference", impl) for impl in ("torch", "triton", "cuda")} <= rows
+    for op in ("snake_beta", "residual_modulate"):
+        assert {(op, "inference", impl) for impl in ("torch", "triton", "cuda")} <= rows
     gelu = next(r for r in data["rows"] if r["op"] == "gelu_tanh" and r["impl"] == "torch")
     assert gelu["ms"] > 0 and gelu["gbps"] > 0 and 0 < gelu["fraction_of_copy_peak"]
     plot = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_ops.py"), str(path)], capture_output=True)
