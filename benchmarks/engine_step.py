@@ -7,8 +7,11 @@ cross-attention skipped), timed alternately in one run so that both see the same
     python benchmarks/engine_step.py --preset etta --device cuda --dtype bf16 --compile   # + torch.compile rows
 
 With ``--compile``, two more variants: ``compile`` (torch.compile of the reference) and ``engine-compile`` (the
-engine's step with torch ops compiled by inductor, ``DiTEngine(compile=True)``). On a CUDA device the engine
-variants replay their step from a CUDA graph (``cuda_graph`` in the rows), as the pipeline does.
+engine's step with torch ops compiled by inductor, ``DiTEngine(compile=True)``). ``--ops torch,triton,cuda``
+times one engine per implementation of the ops (``engine-<ops>``; one ``--ops``, or none: ``engine``), and
+``--unfused`` adds each one's step with the separate residual and AdaLN ops (``...-unfused``: what the fused
+seams save). On a CUDA device the engine variants replay their step from a CUDA graph (``cuda_graph`` in the
+rows), as the pipeline does.
 
 Rows go to benchmarks/results/engine_step-<device>-<date>.json with the environment.
 """
@@ -57,18 +60,25 @@ def run(args) -> list[dict]:
     x, t, cond = cfg_batch(cfg, args.frames, args.prompt_tokens, device, dtype, args.padding)
     times = evaluation_times("euler", args.nfe)
 
-    synchronize(device)
-    start = time.perf_counter()
-    velocity = DiTEngine(dit, ops=args.ops).prepare(cond, times)
-    synchronize(device)
-    prepare_ms = (time.perf_counter() - start) * 1e3
-
-    steps = {"reference": lambda: dit(x, t, *cond), "engine": lambda: velocity.velocity(x, 0)}
+    steps = {"reference": lambda: dit(x, t, *cond)}
+    meta: dict[str, dict] = {"reference": {"ops": args.ops[0] or cfg.dit.ops}}
+    for ops in args.ops:
+        for fused in (True, False) if args.unfused else (True,):
+            name = ("engine" if len(args.ops) == 1 else f"engine-{ops}") + ("" if fused else "-unfused")
+            synchronize(device)
+            start = time.perf_counter()
+            velocity = DiTEngine(dit, ops=ops, fused_seams=fused).prepare(cond, times)
+            synchronize(device)
+            prepare_ms = (time.perf_counter() - start) * 1e3
+            steps[name] = lambda v=velocity: v.velocity(x, 0)
+            meta[name] = {"ops": ops or cfg.dit.ops, "fused_seams": fused, "prepare_ms": prepare_ms}
     if args.compile:
         compiled = torch.compile(dit)
         steps["compile"] = lambda: compiled(x, t, *cond)
         engine_compiled = DiTEngine(dit, ops="torch", compile=True).prepare(cond, times)
         steps["engine-compile"] = lambda: engine_compiled.velocity(x, 0)
+        meta["compile"] = meta["reference"]
+        meta["engine-compile"] = {"ops": "torch", "fused_seams": True}
     times_ms: dict[str, list[float]] = {name: [] for name in steps}
     with torch.no_grad():
         for fn in steps.values():  # warm-up (and compilation)
@@ -89,7 +99,8 @@ def run(args) -> list[dict]:
                 "preset": args.preset,
                 "variant": name,
                 "dtype": args.dtype,
-                "ops": "torch" if name == "engine-compile" else args.ops or cfg.dit.ops,
+                "ops": meta[name]["ops"],
+                "fused_seams": meta[name].get("fused_seams"),
                 "cuda_graph": name.startswith("engine") and device.type == "cuda",
                 "batch": 2,
                 "frames": args.frames,
@@ -98,7 +109,7 @@ def run(args) -> list[dict]:
                 "ms": median,
                 "ms_all": ms,
                 "speedup_vs_reference": ref / median,
-                "prepare_ms": prepare_ms if name == "engine" else None,
+                "prepare_ms": meta[name].get("prepare_ms"),
                 "prepare_calls": len(times),
             }
         )
@@ -110,7 +121,13 @@ def main() -> None:
     parser.add_argument("--preset", default="etta")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    parser.add_argument("--ops", default=None, help="ops implementation of the engine step (default: the DiT's)")
+    parser.add_argument(
+        "--ops",
+        type=lambda s: s.split(","),
+        default=[None],
+        help="ops implementations of the engine step, comma-separated (default: the DiT's)",
+    )
+    parser.add_argument("--unfused", action="store_true", help="add each engine's step without the fused seams")
     parser.add_argument("--frames", type=int, default=215, help="latent frames (215 = 10 s)")
     parser.add_argument("--prompt-tokens", type=int, default=24, help="valid tokens of the prompt's mask")
     padding_help = "memory length: the text encoder's max_length + 2 (official) or the prompt's + 2"
@@ -125,7 +142,7 @@ def main() -> None:
     rows = run(args)
     path = write_results("engine_step", environment(torch.device(args.device)), rows, args.out)
     for r in rows:
-        print(f"{r['variant']:<10} {r['ms']:10.2f} ms  x{r['speedup_vs_reference']:.3f}")
+        print(f"{r['variant']:<22} {r['ms']:10.2f} ms  x{r['speedup_vs_reference']:.3f}")
     print(f"-> {path}")
 
 

@@ -164,6 +164,8 @@ class DiTEngine:
     the plain step.
     ``fp16_guards``: for an fp16 DiT, the overflow guards of the module doc (False: every op in fp16, as a naive
     fp16 model; for comparison only).
+    ``fused_seams``: run each seam between two sub-layers (gated residual, then the next AdaLN) as one
+    ``ops.residual_modulate`` where the layout allows (False: the separate ops, for comparison).
     ``compile``: True, or a dict of ``torch.compile`` keywords, compiles the step as one graph (inductor fuses
     what lies between our ops, which it calls as opaque custom ops); it is traced once per step shape and
     prompt layout, and captured in the engine's CUDA graphs like the eager step (so modes with CUDA graphs of
@@ -177,6 +179,7 @@ class DiTEngine:
         ops: str | None = None,
         cuda_graph: bool | str = True,
         fp16_guards: bool = True,
+        fused_seams: bool = True,
         compile: bool | dict = False,
     ) -> None:
         if not isinstance(dit, DiT):
@@ -196,6 +199,7 @@ class DiTEngine:
         self.run_step = torch.compile(self.step, fullgraph=True, **options) if compile is not False else self.step
         self.cuda_graph = cuda_graph
         self.fp16_guards = bool(fp16_guards)
+        self.fused_seams = bool(fused_seams)
         self.cache = GraphCache()
 
     @property
@@ -306,7 +310,7 @@ class DiTEngine:
         # Fused seams: each sub-layer's gated residual, the rows skipped by the cross-attention passed through, and
         # the next sub-layer's AdaLN are one op (ops.residual_modulate), so the step carries (h, a) from seam to
         # seam. Not with an audio prompt (its residual sits between two seams) or attending rows in another order.
-        fused = plan.prefix and plan.adapter is None
+        fused = self.fused_seams and plan.prefix and plan.adapter is None
         seam = partial(ops.residual_modulate, impl=impl)  # (h, gate, y, shift, scale[, weight, eps]) -> (h, a)
         a = ops.adaln_modulate(h, *modulation[0].chunk(9, dim=1)[:2], None, 1e-6, impl=impl) if fused else None
         for i, block in enumerate(dit.blocks):

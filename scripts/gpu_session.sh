@@ -8,7 +8,8 @@
 # Phases (default: all, in this order):
 #   install  the carried wheels into /tmp/site, then etta_engine itself (editable, builds csrc/ with nvcc)
 #   tests    pytest -m gpu: the kernels, the engine, export and TensorRT tests that need a GPU
-#   step     benchmarks/engine_step.py: the etta DiT step, eager vs engine (+ torch.compile), fp32 and bf16
+#   step     benchmarks/engine_step.py: the etta DiT step, eager vs engine with torch/Triton/csrc ops, with and
+#            without the fused seams (+ torch.compile), fp32 and bf16
 #   goals    benchmarks/sweep.py at the goal cells: etta, 10 s, CFG 3.5, NFE 8 and 100, Euler, bf16
 #            (then the engine with per-step graphs, and with prompts padded to their length, not 512)
 #   sweep    the full NFE x solver x CFG x backend grid (bf16); the longest phase
@@ -46,7 +47,8 @@ install() {
 tests() { "$PY" -m pytest -q -m gpu -p no:cacheprovider; }
 step() {
   for dtype in fp32 bf16; do
-    "$PY" benchmarks/engine_step.py --preset etta --device cuda --dtype "$dtype" --nfe 100 --compile || return
+    "$PY" benchmarks/engine_step.py --preset etta --device cuda --dtype "$dtype" --nfe 100 --compile \
+      --ops torch,triton,cuda --unfused || return
   done
 }
 goals() {

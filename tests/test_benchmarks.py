@@ -60,6 +60,19 @@ def test_engine_step_benchmark_writes_rows(tmp_path):
     assert rows["engine"]["prepare_calls"] == 4 and rows["engine"]["prepare_ms"] > 0
 
 
+def test_engine_step_benchmark_times_each_ops_with_and_without_fused_seams(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "engine_step.py"), "--preset", "tiny", "--device", "cpu",
+           "--frames", "9", "--reps", "1", "--nfe", "2", "--ops", "torch,cuda", "--unfused",
+           "--out", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = tmp_path.glob("engine_step-*.json")
+    rows = {r["variant"]: r for r in json.loads(path.read_text())["rows"]}
+    assert set(rows) == {"reference", "engine-torch", "engine-torch-unfused", "engine-cuda", "engine-cuda-unfused"}
+    assert rows["engine-cuda"]["ops"] == "cuda" and rows["engine-cuda"]["fused_seams"] is True
+    assert rows["engine-cuda-unfused"]["fused_seams"] is False and rows["engine-cuda-unfused"]["prepare_ms"] > 0
+
+
 def test_sweep_smoke_and_its_plot(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "sweep.py"), "--smoke", "--out", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True)

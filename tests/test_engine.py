@@ -113,10 +113,12 @@ def test_engine_with_kernels_and_fused_seams_equals_the_model(tiny_cfg, ops, dty
     tol = 2e-5 if dtype == torch.float32 else 1e-2
     for c, rows in ((cond, [0, 1]), (negative, [0, 1, 2, 3]), (flipped, [2, 3])):
         velocity = DiTEngine(dit).prepare(c, [0.4])
+        unfused = DiTEngine(dit, fused_seams=False).prepare(c, [0.4])
         assert velocity.rows == rows
         with torch.no_grad():
             ref = dit(x, torch.full((4,), 0.4), *c).float()
         assert (velocity(x).float() - ref).abs().max() <= tol * ref.abs().max()
+        assert (unfused(x).float() - ref).abs().max() <= tol * ref.abs().max()
 
 
 def test_zero_rows_told_by_the_caller(tiny_cfg):
