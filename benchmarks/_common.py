@@ -57,6 +57,37 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+# google-t5/t5-base's encoder, for a random stand-in of the same cost
+T5_BASE = {"layers": 12, "heads": 12, "d_kv": 64, "d_ff": 3072}
+
+
+def benchmark_model(name: str, text_encoder: str | None = None):
+    """``(model, text_encoder_info)``: what a benchmark times, ``load_model(name, text_encoder)``; for a preset
+    whose pretrained T5 is not on this machine (``text_encoder`` not given), a random T5 encoder of its size
+    (the text stage's cost, not its output) with the byte-level tokenizer. ``text_encoder_info`` says which,
+    for the results' environment."""
+    import dataclasses
+
+    from etta_engine.checkpoint import load_model
+    from etta_engine.config import PRESETS
+    from etta_engine.models.model import ETTAModel
+    from etta_engine.models.text import T5TextEncoder
+
+    try:
+        return load_model(name, text_encoder), "loaded"
+    except FileNotFoundError as e:
+        if name not in PRESETS or text_encoder is not None or "T5 encoder" not in str(e):
+            raise
+    model = ETTAModel.from_preset(name)
+    pretrained = model.cfg.text.pretrained
+    sizes = T5_BASE if pretrained.endswith("t5-base") else {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model.text_encoder = T5TextEncoder.random(dataclasses.replace(model.cfg.text, pretrained=None, **sizes))
+    print(f"{pretrained} is not on this machine: a random encoder of its size stands in (timings only)")
+    return model, f"random stand-in for {pretrained} ({sizes or 'config sizes'}, byte tokenizer)"
+
+
 def write_results(name: str, env: dict, rows: list[dict], out: Path | None = None) -> Path:
     """``results/<name>-<device>-<date>.json`` holding the environment and the rows."""
     folder = out or RESULTS

@@ -2,6 +2,9 @@
 TensorRT where it is installed and engines are given) next to the torch Pipeline in the same run: the
 conditioner, one DiT step (plain and CFG-batched), the sampling loop at NFE n, the VAE decode and the whole
 generation, with its real-time factor (RTF = generation seconds / audio seconds; below 1 is faster than real time).
+Each runtime backend runs twice: on the cached DiT graphs (``dit_prepare`` once per generation, a stage of its
+own, then ``dit_cached``/``dit_cfg_cached`` per call: the engine's hoisting, exported) and, as ``<backend>-plain``,
+on the plain ``dit``/``dit_cfg`` graphs.
 
     python benchmarks/onnx_runtime.py --preset etta --seconds 10 --nfe 100 --onnx exported/ [--engines trt/]
     python benchmarks/onnx_runtime.py --smoke            # tiny preset, 1 s, NFE 2, CPU: checks the script runs
@@ -23,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import environment, synchronize, write_results
+from _common import benchmark_model, environment, synchronize, write_results
 
-STAGES = ("conditioner", "dit_step", "dit_cfg_step", "sampling_loop", "vae_decode", "total")
+STAGES = ("conditioner", "dit_prepare", "dit_step", "dit_cfg_step", "sampling_loop", "vae_decode", "total")
 # What the torch rows time: the stages run the eager modules; "total" is Pipeline.generate, with whatever
 # fast path the pipeline takes (etta_engine.engine when it applies).
 _TORCH_PATHS = dict.fromkeys(STAGES[:-1], "eager") | {"total": "Pipeline.generate"}
@@ -75,30 +78,76 @@ def _row(backend: str, stage: str, s: Setting, frames: int, times: list[float], 
 
 
 def runtime_rows(pipe, s: Setting, backend: str) -> list[dict]:
-    """Rows of a :class:`etta_engine.runtime.RuntimePipeline` (backend "onnxruntime" or "tensorrt")."""
+    """Rows of a :class:`etta_engine.runtime.RuntimePipeline` (backend "onnxruntime" or "tensorrt"), on the
+    cached DiT graphs where it uses them (``dit_graphs`` in each row says which)."""
+    from etta_engine.runtime.sampling import evaluation_times
+
     prompts = ["rain on a tin roof, distant thunder"] * s.batch
     frames = pipe.latent_frames(s.seconds)
     noise = pipe.noise(range(s.batch), frames)
     cond = pipe.encode(prompts, seconds_total=s.seconds)
-    t = np.full(s.batch, 0.5, dtype=np.float32)
     latents = pipe.sample(cond, None, noise, nfe=s.nfe, solver=s.solver, cfg_scale=s.cfg_scale)
-    # A step as the sampling loop runs it: the graph with the generation's conditioning bound.
-    plain = pipe.velocity_fn(cond, None, cfg_scale=1.0)
-    guided = pipe.velocity_fn(cond, None, cfg_scale=s.cfg_scale)
-    stages = {
-        "conditioner": lambda: pipe.encode(prompts, seconds_total=s.seconds),
-        "dit_step": lambda: plain(noise, t),
-        "dit_cfg_step": lambda: guided(noise, t),
+    stages = {"conditioner": lambda: pipe.encode(prompts, seconds_total=s.seconds)}
+    cached = pipe.uses_cached(guide=True, plain=True)
+    # A step as the sampling loop runs it: the graph with the generation's conditioning (or tables) bound.
+    if cached:
+        times = evaluation_times(s.solver, s.nfe)
+        prepare = pipe.graph("dit_prepare")
+        modulation, final, kv = prepare(times=times, context=cond.context, global_cond=cond.global_cond)
+        tables = dict(modulation=modulation, final_modulation=final, kv=kv, context_mask=cond.context_mask)
+        scale, rescale = np.full(s.batch, s.cfg_scale, np.float32), np.zeros(s.batch, np.float32)
+        plain = pipe.graph("dit_cached").bind(**tables)
+        guided = pipe.graph("dit_cfg_cached").bind(**tables, cfg_scale=scale, cfg_rescale=rescale)
+        step = np.zeros(1, dtype=np.int64)
+        stages |= {
+            "dit_prepare": lambda: prepare(times=times, context=cond.context, global_cond=cond.global_cond),
+            "dit_step": lambda: plain(x=noise, step=step),
+            "dit_cfg_step": lambda: guided(x=noise, step=step),
+        }
+    else:
+        t = np.full(s.batch, 0.5, dtype=np.float32)
+        plain = pipe.velocity_fn(cond, None, cfg_scale=1.0)
+        guided = pipe.velocity_fn(cond, None, cfg_scale=s.cfg_scale)
+        stages |= {"dit_step": lambda: plain(noise, t), "dit_cfg_step": lambda: guided(noise, t)}
+    stages |= {
         "sampling_loop": lambda: pipe.sample(cond, None, noise, nfe=s.nfe, solver=s.solver, cfg_scale=s.cfg_scale),
         "vae_decode": lambda: pipe.decode(latents),
         "total": lambda: pipe.generate(
             prompts, seconds=s.seconds, nfe=s.nfe, solver=s.solver, cfg_scale=s.cfg_scale, noise=noise, progress=False
         ),
     }
-    extra = {"dtype": pipe.manifest.graphs["dit"].dtype}
-    if backend == "onnxruntime":
-        extra["providers"] = pipe.graph("dit").providers
+    dit = "dit_prepare" if cached else "dit"
+    extra = {"dtype": pipe.manifest.graphs[dit].dtype, "dit_graphs": "cached" if cached else "plain"}
+    if backend.startswith("onnxruntime"):
+        extra["providers"] = pipe.graph(dit).providers
     return [_row(backend, name, s, frames, timed(fn, s.reps, s.warmup), **extra) for name, fn in stages.items()]
+
+
+def with_depth(model, depth: int):
+    """``model`` with its DiT cut to the first ``depth`` blocks (a model of that config, same other weights)."""
+    from etta_engine.models.model import ETTAModel
+
+    if not 1 <= depth <= model.cfg.dit.depth:
+        raise SystemExit(f"--depth {depth} is outside [1, {model.cfg.dit.depth}]")
+    cfg = dataclasses.replace(model.cfg, dit=dataclasses.replace(model.cfg.dit, depth=depth))
+    cut = ETTAModel(cfg, text_encoder=model.text_encoder)
+    own = cut.state_dict()
+    cut.load_state_dict({k: v for k, v in model.state_dict().items() if k in own})
+    return cut
+
+
+def runtime_variants(directory: Path, s: Setting, backend: str, **options) -> list[dict]:
+    """The rows of ``backend`` on the cached DiT graphs (where the export has them) and on the plain ones."""
+    from etta_engine.runtime import RuntimePipeline, read_manifest
+    from etta_engine.runtime.manifest import CACHED_GRAPHS
+
+    rows = []
+    if set(CACHED_GRAPHS) <= set(read_manifest(directory).graphs):
+        rows += runtime_rows(RuntimePipeline(directory, backend=backend, cached=True, **options), s, backend)
+    else:
+        print(f"{directory} has no cached DiT graphs (an older export): plain graphs only")
+    plain = RuntimePipeline(directory, backend=backend, cached=False, **options)
+    return rows + runtime_rows(plain, s, f"{backend}-plain")
 
 
 @torch.inference_mode()
@@ -145,6 +194,9 @@ def torch_rows(model, s: Setting, device: torch.device) -> list[dict]:
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="etta")
+    parser.add_argument("--text-encoder", default=None, help="local T5 directory (default: a random stand-in)")
+    parser.add_argument("--depth", type=int, default=None, help="the preset with this many DiT blocks (per-block "
+                        "costs where all of them do not fit in memory; rows record it)")  # fmt: skip
     parser.add_argument("--onnx", type=Path, default=None, help="an `etta export onnx` directory of the preset")
     parser.add_argument("--engines", type=Path, default=None, help="an `etta export tensorrt` directory")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"), help="dtype of the export made here")
@@ -173,10 +225,12 @@ def main(argv=None) -> Path:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    from etta_engine.models.model import ETTAModel
-    from etta_engine.runtime import RuntimePipeline, read_manifest
+    from etta_engine.runtime import read_manifest
 
-    model = ETTAModel.from_preset(args.preset).eval()
+    model, text_info = benchmark_model(args.preset, args.text_encoder)
+    if args.depth is not None:
+        model = with_depth(model, args.depth)
+    model.eval()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         onnx_dir = args.onnx
@@ -188,7 +242,7 @@ def main(argv=None) -> Path:
         if onnx_dir is not None and read_manifest(onnx_dir).config.name != args.preset:
             raise SystemExit(f"{onnx_dir} holds model {read_manifest(onnx_dir).config.name!r}, not {args.preset!r}")
         if "onnxruntime" in backends:
-            rows += runtime_rows(RuntimePipeline(onnx_dir, threads=args.threads), setting, "onnxruntime")
+            rows += runtime_variants(onnx_dir, setting, "onnxruntime", threads=args.threads)
         if "tensorrt" in backends:
             try:
                 import tensorrt
@@ -198,7 +252,7 @@ def main(argv=None) -> Path:
                 if args.engines is None:
                     print("no --engines directory: no TensorRT rows")
                 else:
-                    rows += runtime_rows(RuntimePipeline(args.engines, backend="tensorrt"), setting, "tensorrt")
+                    rows += runtime_variants(args.engines, setting, "tensorrt")
         if "torch" in backends:
             rows += torch_rows(model, setting, device)
 
@@ -208,6 +262,8 @@ def main(argv=None) -> Path:
     env["onnxruntime"] = onnxruntime.__version__
     env["onnxruntime_providers"] = onnxruntime.get_available_providers()
     env["threads"] = args.threads  # None: each library's default (all cores)
+    env["text_encoder"] = text_info
+    env["dit_depth"] = model.cfg.dit.depth
     try:
         import tensorrt
 

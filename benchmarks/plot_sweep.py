@@ -1,7 +1,7 @@
 """Plots of a benchmarks/sweep.py result: end-to-end latency against NFE, and the error against latency with
 each solver's Pareto front (the settings no other setting beats on both), one column per guidance scale.
 In the latency plot a backend has one colour and a solver one marker; the torch-free runtime's rows (backends
-``onnx`` and ``tensorrt``: the exported graphs) are drawn dashed.
+``onnx``, ``tensorrt`` and their ``-plain`` variants: the exported graphs) are drawn dashed.
 
 python benchmarks/plot_sweep.py benchmarks/results/sweep-<device>-<date>.json -o sweep.png
 """
@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-RUNTIME_BACKENDS = ("onnx", "tensorrt")
+RUNTIME_BACKENDS = ("onnx", "onnx-plain", "tensorrt", "tensorrt-plain")
 MARKERS = "osD^vP*X"  # one per solver
 
 

@@ -6,13 +6,14 @@ the latent RMSE (relative) and a multi-resolution spectral distance of the decod
 Backends: ``eager`` (the model called per step), ``compile`` (``torch.compile`` of the DiT), and the engine
 (:mod:`etta_engine.engine`: hoisted adaLN/K-V/timestep work, skipped uncond cross-attention) with the torch,
 Triton or csrc/ ops (``engine-torch``, ``engine-triton``, ``engine-cuda``; the last two decode with the VAE's
-fused Snake-beta of the same kind) wherever they can run, the engine's
-step with torch ops compiled by inductor (``engine-compile``: ``DiTEngine(compile=True)``), and the
-exported graphs in the torch-free runtime (:mod:`etta_engine.runtime`): ``onnx`` (ONNX Runtime, CUDA provider when
-the device is CUDA and onnxruntime has it) and ``tensorrt`` (engines built from the same export; skipped with a
-message where TensorRT is not installed). The model is exported once per sweep (fp32, or fp16 for ``--dtype
-fp16``; bf16 has no ONNX export) to a temporary directory; the runtime rows start from the same noise and are
-timed by the same stages; their peak memory is not measured (None: ONNX Runtime's arena is not torch's).
+fused Snake-beta of the same kind) wherever they can run, the engine's step with torch ops compiled by inductor
+(``engine-compile``: ``DiTEngine(compile=True)``), and the exported graphs in the torch-free runtime
+(:mod:`etta_engine.runtime`): ``onnx`` (ONNX Runtime, CUDA provider when the device is CUDA and onnxruntime has
+it) and ``tensorrt`` (engines built from the same export; skipped with a message where TensorRT is not
+installed) on the cached graphs (the engine's hoisting, exported), and ``onnx-plain`` and ``tensorrt-plain`` on
+the plain per-step DiT graphs. The model is exported once per sweep (fp32, or fp16 for ``--dtype fp16``; bf16
+has no ONNX export) to a temporary directory; the runtime rows start from the same noise and are timed by the
+same stages; their peak memory is not measured (None: ONNX Runtime's arena is not torch's).
 
 Each engine backend keeps one engine for the whole sweep, as a serving process would: every cell's untimed
 warm-up generation captures its CUDA graphs (``--cuda-graph solve``: one graph per whole solve, the default;
@@ -36,10 +37,9 @@ import time
 from pathlib import Path
 
 import torch
-from _common import environment, synchronize, write_results
+from _common import benchmark_model, environment, synchronize, write_results
 from tqdm.auto import tqdm
 
-from etta_engine.checkpoint import load_model
 from etta_engine.engine import DiTEngine, evaluation_times, sample_graphed
 from etta_engine.models.conditioning import DiTConditioning
 from etta_engine.models.model import ETTAModel
@@ -50,8 +50,16 @@ from etta_engine.train.losses import MultiResolutionSTFTLoss
 
 NFES = (1, 2, 4, 8, 16, 32, 50, 100)
 SOLVERS = ("euler", "heun", "midpoint", "dpmpp_2m")
-BACKENDS = ("eager", "compile", "engine-torch", "engine-triton", "engine-cuda", "engine-compile", "onnx", "tensorrt")
-RUNTIME_BACKENDS = {"onnx": "onnxruntime", "tensorrt": "tensorrt"}  # sweep name -> RuntimePipeline backend
+BACKENDS = ("eager", "compile", "engine-torch", "engine-triton", "engine-cuda", "engine-compile", "onnx", "onnx-plain",
+            "tensorrt", "tensorrt-plain")  # fmt: skip
+# sweep name -> RuntimePipeline (backend, cached): "-plain" runs the plain dit/dit_cfg graphs, the others the
+# cached ones (dit_prepare once per generation, then dit_cached/dit_cfg_cached per call)
+RUNTIME_BACKENDS = {
+    "onnx": ("onnxruntime", True),
+    "onnx-plain": ("onnxruntime", False),
+    "tensorrt": ("tensorrt", True),
+    "tensorrt-plain": ("tensorrt", False),
+}
 VAE_OPS = {"engine-triton": "triton", "engine-cuda": "cuda"}  # the VAE decoder's Snake-beta ops per backend
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EXPORT_DTYPES = {"fp32": "fp32", "fp16": "fp16"}  # sweep dtype -> ONNX export dtype
@@ -65,12 +73,12 @@ def backend_unusable(name: str, device: torch.device, dtype: str = "fp32") -> st
         return csrc_unusable(device)
     if name in RUNTIME_BACKENDS and dtype not in EXPORT_DTYPES:
         return f"the ONNX export has no {dtype} (choices: {sorted(EXPORT_DTYPES)})"
-    if name == "onnx":
+    if name.startswith("onnx"):
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
             return "onnxruntime is not installed (pip install 'etta_engine[runtime]')"
-    if name == "tensorrt":
+    if name.startswith("tensorrt"):
         try:
             import tensorrt  # noqa: F401
         except ImportError:
@@ -86,15 +94,18 @@ def runtime_pipelines(model: ETTAModel, backends: list[str], dtype: str, device:
     from etta_engine.runtime import RuntimePipeline
 
     export_onnx(model, folder / "onnx", dtype=EXPORT_DTYPES[dtype], progress=False)
-    pipelines = {}
-    if "onnx" in backends:
-        providers = None if device.type == "cuda" else ["CPUExecutionProvider"]
-        pipelines["onnx"] = RuntimePipeline(folder / "onnx", backend=RUNTIME_BACKENDS["onnx"], providers=providers)
-    if "tensorrt" in backends:
+    if any(b.startswith("tensorrt") for b in backends):
         from etta_engine.export.tensorrt import build_engines
 
         build_engines(folder / "onnx", folder / "tensorrt", progress=False)
-        pipelines["tensorrt"] = RuntimePipeline(folder / "tensorrt", backend=RUNTIME_BACKENDS["tensorrt"])
+    pipelines = {}
+    for name in backends:
+        runtime, cached = RUNTIME_BACKENDS[name]
+        if runtime == "onnxruntime":
+            providers = None if device.type == "cuda" else ["CPUExecutionProvider"]
+            pipelines[name] = RuntimePipeline(folder / "onnx", backend=runtime, providers=providers, cached=cached)
+        else:
+            pipelines[name] = RuntimePipeline(folder / "tensorrt", backend=runtime, cached=cached)
     return pipelines
 
 
@@ -136,15 +147,15 @@ def run(args) -> tuple[list[dict], list[dict]]:
             backends.append(backend)
         else:
             print(f"skipping backend {backend!r}: {reason}", file=sys.stderr)
-    model = load_model(args.model).eval()
+    model, text_info = benchmark_model(args.model, args.text_encoder)
+    model.eval()
+    args.text_encoder_info = text_info
     if not model.dit.final.linear.weight.any():
         # An untrained preset's velocity is exactly zero (adaLN-Zero): give it weights so the solvers differ.
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(0)
             for p in model.dit.parameters():
                 p.normal_(0, 0.02)
-    if model.text_encoder is None:
-        raise SystemExit(f"{args.model!r} needs a pretrained text encoder (not loaded here): use a model with its own")
     with tempfile.TemporaryDirectory(prefix="sweep-export-") as folder:
         runtime = [b for b in backends if b in RUNTIME_BACKENDS]
         # Exported from the CPU model in fp32, before the move and the cast (the export casts by itself).
@@ -255,12 +266,14 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> tuple
 
 
 def _runtime_info(pipe) -> dict | None:
-    """How a runtime row ran: the export's dtype and, for ONNX Runtime, its execution providers."""
+    """How a runtime row ran: the export's dtype, the DiT graphs (cached or plain) and, for ONNX Runtime, its
+    execution providers."""
     if pipe is None:
         return None
-    info = {"backend": pipe.backend, "export_dtype": pipe.manifest.graphs["dit"].dtype}
+    dit = "dit_prepare" if pipe.cached else "dit"
+    info = {"backend": pipe.backend, "export_dtype": pipe.manifest.graphs[dit].dtype, "cached": pipe.cached}
     if pipe.backend == "onnxruntime":
-        info["providers"] = pipe.graph("dit").providers
+        info["providers"] = pipe.graph(dit).providers
     return info
 
 
@@ -275,6 +288,8 @@ def _fits(solver: str, nfe: int) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="preset name (random weights) or checkpoint path")
+    parser.add_argument("--text-encoder", default=None, help="local T5 directory (default: the model's own, or for "
+                        "a preset without it here a random encoder of its size)")  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -293,7 +308,7 @@ def main() -> None:
     if args.smoke:
         args.model, args.device, args.seconds, args.reference_nfe = "tiny", "cpu", 1.0, 16
         args.nfes, args.solvers = [2, 4], ["euler", "heun"]
-        args.backends = ["eager", "engine-torch", "engine-cuda", "engine-compile", "onnx", "tensorrt"]
+        args.backends = ["eager", "engine-torch", "engine-cuda", "engine-compile", "onnx", "onnx-plain", "tensorrt"]
     unknown = sorted(set(args.backends) - set(BACKENDS))
     if unknown:
         parser.error(f"unknown backends {unknown}; choices: {list(BACKENDS)}")
@@ -307,6 +322,7 @@ def main() -> None:
         except ImportError:
             env[name] = None
     env["failures"] = failures
+    env["text_encoder"] = args.text_encoder_info
     path = write_results("sweep", env, rows, args.out)
     for r in rows:
         print(

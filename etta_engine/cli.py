@@ -175,7 +175,7 @@ def cmd_export_tensorrt(args: argparse.Namespace) -> int:
     from etta_engine.runtime.manifest import read_manifest
 
     overrides = {}
-    for name in ("batch", "frames", "text", "vae_frames"):
+    for name in ("batch", "frames", "text", "vae_frames", "steps"):
         overrides |= _profile_range(getattr(args, name), name)
     profile = Profile.for_model(read_manifest(args.onnx_dir).config, **overrides)
     settings = build_engines(
@@ -200,7 +200,7 @@ def _add_export_parsers(sub) -> None:
 
     e = sub.add_parser("export", help="ONNX graphs and TensorRT engines for runtimes without PyTorch")
     kinds = e.add_subparsers(dest="kind", required=True)
-    o = kinds.add_parser("onnx", help="export the conditioner, the DiT step (plain and CFG) and the VAE decoder")
+    o = kinds.add_parser("onnx", help="export the conditioner, the DiT (plain, CFG, cached) and the VAE decoder")
     o.add_argument("out", help="output directory (graphs, manifest.json, tokenizer)")
     o.add_argument("--model", default="tiny", help="preset name or checkpoint path (default: tiny, random weights)")
     o.add_argument("--text-encoder", default=None, help="local T5 directory for models with a pretrained encoder")
@@ -223,6 +223,7 @@ def _add_export_parsers(sub) -> None:
     r.add_argument("--frames", **size, help="latent frames of the DiT graphs (default: 1, 10 s, 60 s)")
     r.add_argument("--vae-frames", **size, help="latent frames of one VAE decoding window (default max 512)")
     r.add_argument("--text", **size, help="text tokens (default: 1, max_length, max_length)")
+    r.add_argument("--steps", **size, help="solver calls of one generation, cached DiT graphs (default 1 100 512)")
     r.add_argument("--timing-cache", default=None, help="timing cache file, read and updated")
     r.add_argument("--workspace-gib", type=float, default=None, help="builder workspace limit")
     r.add_argument("--force", action="store_true", help="replace an existing output directory")

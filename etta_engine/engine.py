@@ -140,6 +140,27 @@ def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x.float(), layer.weight.float(), bias)
 
 
+# ------------------------------------------------------------------ the per-generation tables
+
+
+def _call(module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    return module(*args)
+
+
+def adaln_input(dit: DiT, t: torch.Tensor, global_cond: torch.Tensor, run=_call) -> torch.Tensor:
+    """``silu(time_embed(t) + global_embed(g))`` of every call and row, (N B, D) for t (N,) and g (B, G): the
+    input of every adaLN of the schedule (``run(module, *args)`` calls the modules, e.g. in fp32)."""
+    c = run(dit.time_embed, t)[:, None, :] + run(dit.global_embed, global_cond)[None, :, :]  # (N, B, D)
+    return F.silu(c).reshape(-1, c.shape[-1])
+
+
+def prompt_kv(block: nn.Module, memory: torch.Tensor, run=_call) -> torch.Tensor:
+    """A block's cross-attention K/V of the embedded prompt: memory (n, L, Dc) -> (n, L, 2, Hc, Dc)."""
+    attn = block.cross_attn
+    kv = run(attn.kv, run(block.memory_norm, memory))
+    return kv.view(*memory.shape[:2], 2, attn.heads, attn.head_dim)
+
+
 # ------------------------------------------------------------------ the engine
 
 
@@ -245,10 +266,9 @@ class DiTEngine:
         t = torch.tensor(times).to(context.device, non_blocking=True)  # no device sync (unlike tensor(device=))
         N, D = len(times), cfg.width
         guarded = self.guarded
-        run = _fp32_call if guarded else (lambda module, *args: module(*args))
+        run = _fp32_call if guarded else _call
 
-        c = run(dit.time_embed, t)[:, None, :] + run(dit.global_embed, global_cond)[None, :, :]  # (N, B, D)
-        c_act = F.silu(c).reshape(N * B, D)
+        c_act = adaln_input(dit, t, global_cond, run)  # (N B, D)
         modulation = c_act.new_empty(N, cfg.depth, B, 9 * D)
         for i, block in enumerate(dit.blocks):
             modulation[:, i] = run(block.adaln, c_act).view(N, B, 9 * D)
@@ -264,8 +284,7 @@ class DiTEngine:
         n = len(rows)
         kv = torch.empty(cfg.depth, n, L, 2, cfg.cross_heads, cfg.cross_head_dim, dtype=dit.dtype, device=t.device)
         for i, block in enumerate(dit.blocks):
-            m = run(block.memory_norm, memory[index])
-            kv_i = run(block.cross_attn.kv, m).view(n, L, 2, cfg.cross_heads, cfg.cross_head_dim)
+            kv_i = prompt_kv(block, memory[index], run)
             kv[i] = saturate_fp16(kv_i) if guarded else kv_i
         bounds = None
         if guarded:
@@ -306,7 +325,7 @@ class DiTEngine:
             h = x.transpose(1, 2)  # (B, T, C)
             h = dit.project_in(dit.preprocess(h) + h)  # (B, T, D)
         B, T, _ = h.shape
-        n = len(plan.rows)
+        n = kv.shape[1]  # the attending rows (len(plan.rows); from the tensor, it stays symbolic in an export)
         # Fused seams: each sub-layer's gated residual, the rows skipped by the cross-attention passed through, and
         # the next sub-layer's AdaLN are one op (ops.residual_modulate), so the step carries (h, a) from seam to
         # seam. Not with an audio prompt (its residual sits between two seams) or attending rows in another order.

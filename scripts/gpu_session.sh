@@ -15,7 +15,8 @@
 #   sweep    the full NFE x solver x CFG x backend grid (bf16); the longest phase
 #   vae      benchmarks/vae_precision.py on the etta preset (torch, Triton and csrc Snake-beta) and the demo model
 #   ops      benchmarks/ops.py (every op against eager, torch.compile and SDPA)
-#   onnx     benchmarks/onnx_runtime.py (ONNX Runtime's CUDA provider next to torch)
+#   onnx     benchmarks/onnx_runtime.py (ONNX Runtime's CUDA provider, fp16 export, cached and plain DiT graphs,
+#            next to torch)
 #   train    benchmarks/train_dit_throughput.py (bf16, batch 8)
 # Every phase has a time limit (PHASE_LIMIT_S, default 480 s) and its log; the logs and the result rows it
 # wrote (benchmarks/results/*) are packed into $OUT/gpu_session.tar.gz, so that one fetch brings them back.
@@ -70,7 +71,7 @@ vae() {
     "$PY" benchmarks/vae_precision.py --model demo --device cuda
 }
 ops() { "$PY" benchmarks/ops.py --device cuda; }
-onnx() { "$PY" benchmarks/onnx_runtime.py --preset etta --seconds 10 --nfe 100 --device cuda; }
+onnx() { "$PY" benchmarks/onnx_runtime.py --preset etta --dtype fp16 --seconds 10 --nfe 100 --device cuda; }
 train() { "$PY" benchmarks/train_dit_throughput.py --preset etta --batch 8 --precision bf16 --device cuda; }
 
 {

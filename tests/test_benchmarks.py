@@ -80,14 +80,16 @@ def test_sweep_smoke_and_its_plot(tmp_path):
     (path,) = tmp_path.glob("sweep-*.json")
     rows = json.loads(path.read_text())["rows"]
     cells = {(r["backend"], r["solver"], r["nfe"], r["cfg_scale"]) for r in rows}
-    # backends (eager, engine-torch/cuda/compile, onnx) x solvers x NFE x CFG
-    assert len(cells) == len(rows) == 5 * 2 * 2 * 2
+    # backends (eager, engine-torch/cuda/compile, onnx, onnx-plain) x solvers x NFE x CFG
+    assert len(cells) == len(rows) == 6 * 2 * 2 * 2
     assert "skipping backend 'tensorrt': tensorrt is not installed" in result.stderr
     for r in rows:
         assert r["e2e_ms"] >= r["dit_ms"] > 0 and r["rtf"] > 0
-        assert (r["runtime"] is None) == (r["backend"] != "onnx")
+        assert (r["runtime"] is None) == (not r["backend"].startswith("onnx"))
     onnx = next(r for r in rows if r["backend"] == "onnx")
     assert onnx["runtime"]["export_dtype"] == "fp32" and onnx["runtime"]["providers"] == ["CPUExecutionProvider"]
+    assert onnx["runtime"]["cached"] is True
+    assert next(r for r in rows if r["backend"] == "onnx-plain")["runtime"]["cached"] is False
     assert onnx["text_ms"] > 0 and onnx["vae_ms"] > 0 and onnx["peak_memory_gib"] is None
     # Same noise, same maths: the backends agree on the error, and more steps of a solver err less.
     by = {(r["backend"], r["solver"], r["nfe"], r["cfg_scale"]): r["latent_rel_rmse"] for r in rows}
@@ -113,7 +115,7 @@ def test_sweep_reports_a_failing_backend_and_keeps_the_others(monkeypatch):
     monkeypatch.setattr(sweep.DiTEngine, "prepare", broken)
     args = argparse.Namespace(model="tiny", device="cpu", dtype="fp32", seconds=0.5, nfes=[2, 4], solvers=["euler"],
                               cfg_scales=[3.5], backends=["eager", "engine-torch"], reference_nfe=8, padding="longest",
-                              cuda_graph="solve")  # fmt: skip
+                              cuda_graph="solve", text_encoder=None)  # fmt: skip
     rows, failures = sweep.run(args)
     assert [(r["backend"], r["nfe"], r["padding"]) for r in rows] == [("eager", 2, "longest"), ("eager", 4, "longest")]
     cell = {"backend": "engine-torch", "solver": "euler", "nfe": 2, "cfg_scale": 3.5}
@@ -135,3 +137,35 @@ def test_vae_precision_benchmark_writes_rows(tmp_path):
     assert 1e-4 < rows["fp16"]["rel_err"] < rows["bf16"]["rel_err"] / 3 < 0.05
     assert abs(rows["reference+noise-40dB"]["snr_db"] - 40) < 1e-3
     assert rows["reference+noise-60dB"]["mrstft"] < rows["reference+noise-40dB"]["mrstft"]
+
+
+def test_a_preset_without_its_pretrained_t5_here_gets_a_random_stand_in(monkeypatch, capsys):
+    """The GPU machines cannot download T5-base: the benchmarks time the etta preset with a random encoder of
+    T5-base's size (said in the results), and any other missing file is still an error."""
+    import dataclasses
+
+    import pytest
+    import torch
+
+    from etta_engine.config import PRESETS
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from _common import T5_BASE, benchmark_model
+
+    tiny = PRESETS["tiny"]
+    text = dataclasses.replace(tiny.text, pretrained="/nonexistent/google-t5/t5-base")
+    monkeypatch.setitem(PRESETS, "tiny-t5", dataclasses.replace(tiny, name="tiny-t5", text=text))
+    model, info = benchmark_model("tiny-t5")
+    assert "random stand-in for /nonexistent/google-t5/t5-base" in info and "random encoder" in capsys.readouterr().out
+    t5 = model.text_encoder.model.config
+    assert (t5.num_layers, t5.num_heads, t5.d_kv, t5.d_ff) == tuple(
+        T5_BASE[k] for k in ("layers", "heads", "d_kv", "d_ff")
+    )
+    with torch.no_grad():
+        cond = model.condition(["rain"], 0.0, 1.0)
+    assert cond.context.shape == (1, tiny.text.max_length + 2, tiny.dit.cond_dim)
+    assert benchmark_model("tiny")[1] == "loaded"
+    with pytest.raises(FileNotFoundError, match="neither a trained model"):
+        benchmark_model("no-such-model")
+    with pytest.raises(FileNotFoundError, match="could not load a T5 encoder"):  # a given directory must exist
+        benchmark_model("tiny-t5", text_encoder="/nonexistent/t5")

@@ -101,7 +101,9 @@ def ragged_inputs(cfg: E.ModelConfig, B: int, T: int, L: int, seed: int = 0):
 
 def test_export_writes_checked_graphs_and_a_manifest(onnx_dir, model):
     manifest = read_manifest(onnx_dir)
-    assert sorted(manifest.graphs) == ["conditioner", "dit", "dit_cfg", "vae_decoder"]
+    assert sorted(manifest.graphs) == sorted(
+        ["conditioner", "dit", "dit_cfg", "vae_decoder", "dit_prepare", "dit_cached", "dit_cfg_cached"]
+    )
     assert manifest.config == model.cfg and manifest.opset >= 17
     assert manifest.tokenizer == {"kind": "byt5"}
     raw = json.loads((onnx_dir / "manifest.json").read_text())
@@ -166,6 +168,53 @@ def test_dit_cfg_step_matches_sampling_cfg(onnx_dir, model, dit64, T, scale, res
     got = torch.from_numpy(got)
     assert rel_err(got, want) < FP32_TOL
     assert rel_err(got, exact) <= 2 * rel_err(want, exact) + 1e-7
+
+
+def cached_tables(onnx_dir, times, context, global_cond) -> dict[str, torch.Tensor]:
+    modulation, final, kv = run(onnx_dir / "dit_prepare.onnx", times=times, context=context, global_cond=global_cond)
+    return dict(modulation=modulation, final_modulation=final, kv=kv)
+
+
+@pytest.mark.parametrize(("B", "L", "T"), [(1, 7, 1), (3, 130, 17), (2, 9, 215)])
+def test_cached_graphs_match_the_plain_dit_at_every_call(onnx_dir, model, dit64, B, L, T):
+    """dit_prepare once, then dit_cached at call k equals the plain DiT at t = times[k] (and is as accurate)."""
+    x, _, context, mask, global_cond = ragged_inputs(model.cfg, B, T, L, seed=T)
+    times = torch.tensor([1.0, 0.62, 0.25, 0.0])
+    tables = {k: torch.from_numpy(v) for k, v in cached_tables(onnx_dir, times, context, global_cond).items()}
+    cfg = model.cfg.dit
+    assert tables["modulation"].shape == (4, cfg.depth, B, 9 * cfg.width)
+    assert tables["kv"].shape == (cfg.depth, B, L, 2, cfg.cross_heads, cfg.cross_head_dim)
+    outputs = []
+    for k in (3, 0, 2):  # any order: the step index picks the row
+        t = times[k].repeat(B)
+        with torch.no_grad():
+            want = model.dit(x, t, context, mask, global_cond)
+            exact = dit64(x.double(), t.double(), context.double(), mask, global_cond.double())
+        (got,) = run(onnx_dir / "dit_cached.onnx", x=x, step=torch.tensor([k]), context_mask=mask, **tables)
+        got = torch.from_numpy(got)
+        assert rel_err(got, want) < FP32_TOL
+        # fp32 rounding of its own (batched adaLN matmuls): a few ulps, like torch's
+        assert rel_err(got, exact) <= 2 * rel_err(want, exact) + 1e-6
+        outputs.append(got)
+    assert rel_err(outputs[0], outputs[1]) > 1e-2  # the time matters
+
+
+@pytest.mark.parametrize(("scale", "rescale"), [(3.5, 0.0), (2.0, 0.7)])
+def test_cached_cfg_graph_matches_dit_cfg_with_the_null_memory(onnx_dir, model, scale, rescale):
+    """dit_cfg_cached (uncond cross-attention skipped) equals dit_cfg with a zero uncond context."""
+    B, L, T = 2, 9, 17
+    x, _, context, mask, global_cond = ragged_inputs(model.cfg, B, T, L, seed=5)
+    times = torch.tensor([0.9, 0.4])
+    tables = cached_tables(onnx_dir, times, context, global_cond)
+    guidance = dict(cfg_scale=torch.full((B,), scale), cfg_rescale=torch.full((B,), rescale))
+    for k in range(2):
+        (want,) = run(onnx_dir / "dit_cfg.onnx", x=x, t=times[k].repeat(B), context=context, context_mask=mask,
+                      uncond_context=torch.zeros_like(context), uncond_context_mask=mask, global_cond=global_cond,
+                      **guidance)  # fmt: skip
+        tensors = {k: torch.from_numpy(v) for k, v in tables.items()}
+        (got,) = run(onnx_dir / "dit_cfg_cached.onnx", x=x, step=torch.tensor([k]), context_mask=mask,
+                     **tensors, **guidance)  # fmt: skip
+        assert rel_err(torch.from_numpy(got), torch.from_numpy(want)) < FP32_TOL
 
 
 @pytest.mark.parametrize("T", [1, 17, 215])
@@ -333,9 +382,12 @@ def test_runtime_benchmark_smoke_writes_rows(onnx_dir, tmp_path):
     env, rows = data["environment"], data["rows"]
     assert env["commit"] and env["onnxruntime"] == ort.__version__ and env["tensorrt"] is None
     stages = {(r["backend"], r["stage"]) for r in rows}
-    for backend in ("onnxruntime", "torch"):
+    for backend in ("onnxruntime", "onnxruntime-plain", "torch"):
         for stage in ("conditioner", "dit_step", "dit_cfg_step", "sampling_loop", "vae_decode", "total"):
             assert (backend, stage) in stages
+    assert ("onnxruntime", "dit_prepare") in stages and ("onnxruntime-plain", "dit_prepare") not in stages
+    graphs = {r["backend"]: r["dit_graphs"] for r in rows if r["backend"].startswith("onnx")}
+    assert graphs == {"onnxruntime": "cached", "onnxruntime-plain": "plain"}
     assert all(r["ms_median"] > 0 and r["frames"] == 22 and r["nfe"] == 2 for r in rows)
     assert not any(r["backend"] == "tensorrt" for r in rows)
     assert {r["torch_path"] for r in rows if r["backend"] == "torch"} == {"eager", "Pipeline.generate"}

@@ -209,13 +209,78 @@ def torch_noise(cfg: E.ModelConfig, seeds, frames: int) -> np.ndarray:
     ],
     ids=["euler-cfg", "heun-rescale", "dpmpp-nocfg", "rk4-interval", "midpoint-negative"],
 )
-def test_runtime_generates_the_torch_pipelines_audio_from_the_same_noise(pipe, runtime, kwargs):
+@pytest.mark.parametrize("cached", [None, False])
+def test_runtime_generates_the_torch_pipelines_audio_from_the_same_noise(pipe, onnx_dir, kwargs, cached):
+    runtime = RuntimePipeline(onnx_dir, cached=cached)
     prompts, seconds = ["a dog barks", "rain on a tin roof"], 1.0
     want = pipe.generate(prompts, seconds=seconds, seed=3, progress=False, **kwargs)
     noise = torch_noise(pipe.cfg, [3, 4], pipe.latent_frames(seconds))
     got = runtime.generate(prompts, seconds=seconds, noise=noise, progress=False, **kwargs)
     assert got.sample_rate == want.sample_rate and got.waveform.shape == tuple(want.waveform.shape) == (2, 2, 44100)
     assert rel_err(torch.from_numpy(got.waveform), want.waveform) < AUDIO_TOL
+    # the cached graphs run unless asked not to, or a negative prompt's uncond rows must attend
+    dit_graphs = {name for name in runtime._graphs if name.startswith("dit")}
+    if cached is None and "negative_prompt" not in kwargs:
+        guided = kwargs["cfg_scale"] != 1.0 or "cfg_interval" in kwargs
+        plain = kwargs["cfg_scale"] == 1.0 or "cfg_interval" in kwargs
+        assert dit_graphs == {"dit_prepare"} | ({"dit_cfg_cached"} if guided else set()) | (
+            {"dit_cached"} if plain else set()
+        )
+    else:
+        assert dit_graphs <= {"dit", "dit_cfg"}
+
+
+@pytest.mark.parametrize("solver", sorted(R.SOLVERS))
+@pytest.mark.parametrize("schedule", ["uniform", "logsnr"])
+def test_evaluation_times_are_the_torch_engines(solver, schedule):
+    from etta_engine.engine import evaluation_times
+
+    for nfe in (4, 5, 8):
+        got = R.evaluation_times(solver, nfe, schedule)
+        assert got.dtype == np.float32 and got.tolist() == evaluation_times(solver, nfe, schedule)
+        calls = []
+        record = lambda x, t, calls=calls: calls.append(t[0]) or x
+        R.sample(record, np.zeros((2, 1, 1), np.float32), solver=solver, nfe=nfe, schedule=schedule)
+        assert calls == got.tolist()
+
+
+def test_cached_velocity_serves_one_solve_at_its_times(runtime):
+    """The cached velocity checks each call's t against the times it was prepared for (a wrong schedule would
+    otherwise silently use another step's tables), and bad ``cached`` settings are clear errors."""
+    cond = runtime.encode(["a dog barks"], seconds_total=1.0)
+    times = R.evaluation_times("euler", 3)
+    v = runtime.velocity_fn(cond, None, cfg_scale=3.0, times=times)
+    x = np.zeros((1, 64, 5), np.float32)
+    assert v(x, np.full(1, times[0], np.float32)).shape == x.shape
+    with pytest.raises(RuntimeError, match=r"velocity call 1 at t=\[0.5\], but the DiT was prepared for the calls"):
+        v(x, np.full(1, 0.5, np.float32))
+    v(x, np.full(1, times[1], np.float32)), v(x, np.full(1, times[2], np.float32))
+    with pytest.raises(RuntimeError, match="velocity call 3 at"):
+        v(x, np.full(1, times[2], np.float32))
+    with pytest.raises(ValueError, match=r"times must be a non-empty 1-D array in \[0, 1\]"):
+        runtime.velocity_fn(cond, None, cfg_scale=3.0, times=np.array([1.5], np.float32))
+    with pytest.raises(ValueError, match="cached='yes' must be None"):
+        RuntimePipeline(runtime.directory, cached="yes")
+    strict = RuntimePipeline(runtime.directory, cached=True)
+    with pytest.raises(ValueError, match="a negative prompt needs the plain dit_cfg graph"):
+        strict.generate(["x"], seconds=0.5, nfe=2, negative_prompt="wind", progress=False)
+
+
+def test_an_export_without_cached_graphs_runs_the_plain_ones(onnx_dir, tmp_path):
+    old = tmp_path / "export"
+    shutil.copytree(onnx_dir, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for name in ("dit_prepare", "dit_cached", "dit_cfg_cached"):
+        del manifest["graphs"][name]
+        (old / f"{name}.onnx").unlink()
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    kw = dict(seconds=0.5, nfe=2, cfg_scale=3.0, seed=1, progress=False)
+    plain = RuntimePipeline(old)
+    audio = plain.generate(["a dog"], **kw).waveform
+    assert set(plain._graphs) == {"conditioner", "dit_cfg", "vae_decoder"}
+    assert np.allclose(audio, RuntimePipeline(onnx_dir).generate(["a dog"], **kw).waveform, atol=1e-5)
+    with pytest.raises(ManifestError, match=r"has no cached graphs \['dit_prepare', 'dit_cfg_cached'\]"):
+        RuntimePipeline(old, cached=True).generate(["a dog"], **kw)
 
 
 def test_padded_width_rounds_the_longest_prompt_up_to_a_multiple():
@@ -292,6 +357,22 @@ def test_etta_generate_backend_onnx(onnx_dir, tmp_path, capsys):
     assert etta([*argv, "--nfe", "2", "--batch", "2", "--quiet", "--padding", "longest"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rain_0.wav", "rain_1.wav"]
     assert sf.info(tmp_path / "rain_0.wav").frames == round(0.5 * 44100)
+    plain = tmp_path / "plain" / "rain.wav"
+    plain.parent.mkdir()
+    argv_plain = [
+        *argv[:6],
+        "-o",
+        str(plain),
+        *argv[8:],
+        "--nfe",
+        "2",
+        "--quiet",
+        "--padding",
+        "longest",
+        "--plain-dit",
+    ]
+    assert etta(argv_plain) == 0  # the plain graphs: the same clip, up to the 16-bit WAV's rounding
+    assert np.abs(sf.read(plain)[0] - sf.read(tmp_path / "rain_0.wav")[0]).max() <= 2**-15
     capsys.readouterr()
     with pytest.raises(SystemExit, match="--init-audio need --backend torch"):
         etta([*argv, "--init-audio", str(tmp_path / "rain_0.wav")])

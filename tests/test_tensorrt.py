@@ -86,6 +86,12 @@ def test_default_profiles_follow_the_model():
     assert shapes["x"] == ((1, 64, 1), (1, 64, 215), (4, 64, 1292))
     assert shapes["context"] == ((1, 3, 768), (1, 514, 768), (4, 514, 768))
     assert shapes["cfg_scale"] == ((1,), (1,), (4,))
+    # the cached graphs: the tables of up to 512 calls, one step index
+    shapes = profile_shapes("dit_cfg_cached", cfg, p)
+    assert shapes["modulation"] == ((1, 24, 1, 9 * 1536), (100, 24, 1, 9 * 1536), (512, 24, 4, 9 * 1536))
+    assert shapes["kv"] == ((24, 1, 3, 2, 16, 48), (24, 1, 514, 2, 16, 48), (24, 4, 514, 2, 16, 48))
+    assert shapes["step"] == ((1,), (1,), (1,))
+    assert profile_shapes("dit_prepare", cfg, Profile.for_model(cfg, steps=(1, 8, 64)))["times"] == ((1,), (8,), (64,))
     tiny = PRESETS["tiny"]
     shapes = profile_shapes("conditioner", tiny, Profile.for_model(tiny, batch=(1, 2, 8)))
     assert shapes == {
@@ -102,7 +108,8 @@ def test_default_profiles_follow_the_model():
         (dict(frames=(10, 5, 20)), r"profile frames=\(10, 5, 20\) must be integers with 1 <= min <= opt <= max"),
         (dict(batch=(0, 1, 2)), r"profile batch=\(0, 1, 2\)"),
         (dict(text=(1, 64, 600)), "profile text max 600 exceeds the text encoder's length 128"),
-        (dict(steps=(1, 2, 3)), r"unknown profile dimensions \['steps'\]"),
+        (dict(steps=(1, 2, 1)), r"profile steps=\(1, 2, 1\) must be integers"),
+        (dict(nfe=(1, 2, 3)), r"unknown profile dimensions \['nfe'\]"),
     ],
 )
 def test_bad_profiles_are_clear_errors(overrides, pattern):

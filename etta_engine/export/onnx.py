@@ -7,7 +7,7 @@ reference maths (plain ONNX operators that ONNX Runtime and TensorRT run). The i
 :mod:`etta_engine.runtime.manifest`; see there for the graphs' inputs and outputs.
 
 Files over ``external_data_threshold`` (default 2 GiB, protobuf's limit) keep their tensors in
-``weights.data`` beside the graphs; ``dit`` and ``dit_cfg`` share one copy of the DiT's weights there.
+``weights.data`` beside the graphs; the DiT graphs share one copy of the weights they have in common there.
 The directory is written under a temporary name and renamed into place when complete.
 """
 
@@ -23,6 +23,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,13 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from etta_engine.engine import DiTEngine, StepPlan, _maps_zero_to_zero, adaln_input, prompt_kv
 from etta_engine.models.conditioning import Conditioner
 from etta_engine.models.dit import DiT
 from etta_engine.models.model import ETTAModel
 from etta_engine.models.vae import OobleckDecoder, WNConv1d, WNConvTranspose1d
 from etta_engine.runtime.manifest import (
+    CACHED_GRAPHS,
     DTYPES,
     GRAPHS,
     MANIFEST,
@@ -101,12 +104,63 @@ class DiTCFGStep(nn.Module):
             torch.cat((context_mask, uncond_context_mask)),
             torch.cat((global_cond, global_cond)).to(dtype),
         ).float()
-        B = x.shape[0]
-        v_cond, v_uncond = v[:B], v[B:]  # (B, C, T) each; chunk(2) would make torch.export specialise B
-        scale, phi = cfg_scale[:, None, None], cfg_rescale[:, None, None]
-        guided = v_uncond + scale * (v_cond - v_uncond)
-        ratio = v_cond.std(dim=1, keepdim=True) / guided.std(dim=1, keepdim=True)  # (B, 1, T)
-        return torch.where(phi > 0, phi * (guided * ratio) + (1 - phi) * guided, guided)
+        return _guide(v, cfg_scale, cfg_rescale)
+
+
+def _guide(v: torch.Tensor, cfg_scale: torch.Tensor, cfg_rescale: torch.Tensor) -> torch.Tensor:
+    """The guided velocity (B, C, T) of the cond and uncond velocities ``v`` (2B, C, T), in fp32."""
+    B = v.shape[0] // 2
+    v_cond, v_uncond = v[:B], v[B:]  # (B, C, T) each; chunk(2) would make torch.export specialise B
+    scale, phi = cfg_scale[:, None, None], cfg_rescale[:, None, None]
+    guided = v_uncond + scale * (v_cond - v_uncond)
+    ratio = v_cond.std(dim=1, keepdim=True) / guided.std(dim=1, keepdim=True)  # (B, 1, T)
+    return torch.where(phi > 0, phi * (guided * ratio) + (1 - phi) * guided, guided)
+
+
+class DiTPrepare(nn.Module):
+    """``dit_prepare``: the per-generation tables of :meth:`etta_engine.engine.DiTEngine.prepare` for rows that
+    all attend to their prompt: every block's adaLN output at every evaluation time and every block's
+    cross-attention K/V; computed in the DiT's dtype, returned in fp32 (a lossless round trip for fp16)."""
+
+    def __init__(self, dit: DiT) -> None:
+        super().__init__()
+        self.dit = dit
+
+    def forward(self, times, context, global_cond):
+        dit, dtype = self.dit, self.dit.dtype
+        N, B = times.shape[0], global_cond.shape[0]
+        c_act = adaln_input(dit, times, global_cond.to(dtype))  # (N B, D)
+        modulation = torch.stack([block.adaln(c_act).view(N, B, -1) for block in dit.blocks], dim=1)
+        final = dit.final.adaln(c_act).view(N, B, -1)
+        memory = dit.cond_embed(context.to(dtype))  # (B, L, Dc)
+        kv = torch.stack([prompt_kv(block, memory) for block in dit.blocks])  # (depth, B, L, 2, Hc, Dc)
+        return modulation.float(), final.float(), kv.float()
+
+
+class DiTCachedStep(nn.Module):
+    """``dit_cached`` and (``guided``) ``dit_cfg_cached``: one velocity evaluation from ``dit_prepare``'s
+    tables, by the engine's step with the reference ops. Guided, the uncond half (the official null memory,
+    whose cross-attention is exactly zero) runs self-attention and FFN only, with the cond rows' tables (the
+    same times and global conditioning); the guidance is :class:`DiTCFGStep`'s."""
+
+    def __init__(self, dit: DiT, guided: bool) -> None:
+        super().__init__()
+        if not _maps_zero_to_zero(dit.cond_embed):
+            raise ExportError("the DiT's memory embedding does not map a zero context to zero: no cached graphs")
+        self.dit = dit
+        self.engine = DiTEngine(dit, ops="torch", cuda_graph=False)
+        self.guided = guided
+        # Attending rows: the first kv.shape[1] (the step reads their number from the tensor).
+        self.plan = StepPlan(rows=(), prefix=True, batch=0, guarded=False)
+
+    def forward(self, x, step, modulation, final_modulation, kv, context_mask, cfg_scale=None, cfg_rescale=None):
+        dtype = self.dit.dtype
+        m = modulation.index_select(0, step)[0].to(dtype)  # (depth, B, 9 D)
+        f = final_modulation.index_select(0, step)[0].to(dtype)  # (B, 2 D)
+        if self.guided:
+            x, m, f = torch.cat((x, x)), torch.cat((m, m), dim=1), torch.cat((f, f))
+        v = self.engine.step(self.plan, x.to(dtype), m, f, kv.to(dtype), context_mask, None, None).float()
+        return _guide(v, cfg_scale, cfg_rescale) if self.guided else v
 
 
 class VAEDecoderStep(nn.Module):
@@ -180,10 +234,17 @@ def graph_module(model: ETTAModel, part: str, dtype: str = "fp32") -> nn.Module:
     if part not in PARTS:
         raise ExportError(f"unknown part {part!r}; choices: {list(PARTS)}")
     torch_dtype = _TORCH_DTYPES[dtype]
-    if part in ("dit", "dit_cfg"):
+    if part in ("dit", "dit_cfg", *CACHED_GRAPHS):
         cfg = dataclasses.replace(model.dit.cfg, ops="torch")
         dit = _rebuild(model.dit, lambda: DiT(cfg), torch_dtype)
-        return (DiTStep(dit) if part == "dit" else DiTCFGStep(dit)).eval()
+        modules = {
+            "dit": DiTStep,
+            "dit_cfg": DiTCFGStep,
+            "dit_prepare": DiTPrepare,
+            "dit_cached": partial(DiTCachedStep, guided=False),
+            "dit_cfg_cached": partial(DiTCachedStep, guided=True),
+        }
+        return modules[part](dit).eval()
     if part == "vae_decoder":
         vae_cfg = dataclasses.replace(model.cfg.vae, ops="torch")
         decoder = _rebuild(model.vae.decoder, lambda: OobleckDecoder(vae_cfg), torch.float32)
@@ -201,7 +262,8 @@ def graph_module(model: ETTAModel, part: str, dtype: str = "fp32") -> nn.Module:
 
 # ------------------------------------------------------------------ example inputs and dynamic shapes
 
-_EXAMPLE_SIZES = {"batch": 2, "frames": 11, "text": 5}  # distinct, and not 0 or 1 (torch.export specialises those)
+_EXAMPLE_SIZES = {"batch": 2, "frames": 11, "text": 5, "steps": 3}  # distinct, not 0 or 1 (torch.export
+# specialises those)
 _NUMPY_TO_TORCH = {"float32": torch.float32, "bool": torch.bool, "int64": torch.int64}
 
 
@@ -212,8 +274,10 @@ def example_inputs(part: str, model_cfg, seed: int = 0) -> dict[str, torch.Tenso
     out = {}
     for spec in interface(part, model_cfg).inputs:
         shape = tuple(sizes[d] if isinstance(d, str) else d for d in spec.shape)
-        if spec.name in ("t", "cfg_rescale"):
+        if spec.name in ("t", "times", "cfg_rescale"):
             value = torch.rand(shape, generator=g)
+        elif spec.name == "step":
+            value = torch.randint(0, sizes["steps"], shape, generator=g)
         elif spec.name == "cfg_scale":
             value = 1.0 + 3.0 * torch.rand(shape, generator=g)
         elif spec.name == "numbers":
@@ -232,7 +296,7 @@ def example_inputs(part: str, model_cfg, seed: int = 0) -> dict[str, torch.Tenso
 
 
 def _dynamic_shapes(part: str, model_cfg) -> tuple:
-    dims = {name: torch.export.Dim(name, min=1) for name in ("batch", "frames", "text", "context")}
+    dims = {name: torch.export.Dim(name, min=1) for name in ("batch", "frames", "text", "context", "steps")}
     return tuple(
         {axis: dims[d] for axis, d in enumerate(spec.shape) if isinstance(d, str)} or None
         for spec in interface(part, model_cfg).inputs

@@ -56,6 +56,7 @@ class Profile:
     frames: Range = (1, 215, 1292)  # latent frames of the DiT graphs (10 s at opt, 60 s at max for ETTA)
     text: Range = (1, 512, 512)  # text tokens; the context is these plus one token per number
     vae_frames: Range = (1, 215, 512)  # latent frames of one VAE decoding window
+    steps: Range = (1, 100, 512)  # solver calls of one generation (the cached DiT graphs' tables)
 
     def __post_init__(self) -> None:
         for name, r in asdict(self).items():
@@ -74,6 +75,7 @@ class Profile:
             "frames": (1, opt_frames, max_frames),
             "text": (1, L, L),
             "vae_frames": (1, min(opt_frames, 512), min(max_frames, 512)),
+            "steps": (1, 100, 512),
         }
         unknown = sorted(set(overrides) - set(defaults))
         if unknown:
@@ -92,6 +94,7 @@ def profile_shapes(graph: str, cfg: ModelConfig, profile: Profile) -> dict[str, 
         "frames": profile.vae_frames if graph == "vae_decoder" else profile.frames,
         "text": profile.text,
         "context": tuple(t + n for t in profile.text),
+        "steps": profile.steps,
     }
     shapes = {}
     for spec in interface(graph, cfg).inputs:

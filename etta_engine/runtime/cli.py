@@ -43,7 +43,8 @@ def generate_from_args(args: argparse.Namespace, backend: str, command: str) -> 
     prompts = read_prompts(args, command)
     output = check_output(args.output, command)
     providers = args.providers.split(",") if getattr(args, "providers", None) else None
-    pipe = RuntimePipeline(args.model, backend=backend, providers=providers, threads=getattr(args, "threads", None))
+    options = {name: getattr(args, name, None) for name in ("threads", "cached")}
+    pipe = RuntimePipeline(args.model, backend=backend, providers=providers, **options)
     audio = pipe.generate(
         prompts,
         seconds=args.seconds,
@@ -97,6 +98,8 @@ def add_runtime_args(g: argparse.ArgumentParser) -> None:
     """Options of the runtime backends only."""
     g.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     g.add_argument("--providers", default=None, help="ONNX Runtime providers, comma-separated (default: CUDA, CPU)")
+    plain_help = "run the plain dit/dit_cfg graphs, not the cached ones (default: cached where exported)"
+    g.add_argument("--plain-dit", dest="cached", action="store_const", const=False, default=None, help=plain_help)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,13 @@ ints (fixed sizes) and dimension names (dynamic sizes):
   result is ``v_u + s (v_c - v_u)``, blended with its rescaled form by ``cfg_rescale`` (see
   :func:`etta_engine.sampling.cfg`). ``uncond_context`` must have the length of ``context``.
 - ``vae_decoder``: latents (batch, latent_dim, frames) -> audio (batch, audio_channels, frames x ratio).
+- ``dit_prepare``, ``dit_cached``, ``dit_cfg_cached``: the DiT with the per-generation work hoisted out of the
+  solver's loop (:mod:`etta_engine.engine`). ``dit_prepare`` runs once per generation on the solver's
+  evaluation times (steps,): every block's adaLN output for every call (``modulation``, steps x depth rows,
+  and ``final_modulation``) and every block's cross-attention K/V of the prompt (``kv``). The step graphs then
+  take ``step``, the index of the call, and run only what depends on x: ``dit_cached`` with every row attending
+  to its prompt, ``dit_cfg_cached`` as ``dit_cfg`` with the official null memory for the uncond half, whose
+  cross-attention is exactly zero and skipped (the uncond rows share the cond rows' tables).
 
 Every graph takes and returns fp32 (and bool/int64) tensors whatever its compute dtype: an fp16 graph casts
 inside, so the sampler's state stays fp32 and the runtime does not depend on the variant.
@@ -32,7 +39,8 @@ from etta_engine.config import ModelConfig
 FORMAT = "etta_engine-onnx"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-GRAPHS = ("conditioner", "dit", "dit_cfg", "vae_decoder")
+GRAPHS = ("conditioner", "dit", "dit_cfg", "vae_decoder", "dit_prepare", "dit_cached", "dit_cfg_cached")
+CACHED_GRAPHS = ("dit_prepare", "dit_cached", "dit_cfg_cached")
 DTYPES = ("fp32", "fp16")  # compute dtypes of an export; the interfaces stay fp32
 MIN_OPSET = 18  # the torch.onnx dynamo exporter emits opset 18 or newer
 
@@ -86,6 +94,12 @@ def interface(graph: str, cfg: ModelConfig) -> GraphInterface:
     context_mask = TensorSpec("context_mask", "bool", ("batch", "context"))
     global_cond = TensorSpec("global_cond", f32, ("batch", G))
     velocity = TensorSpec("velocity", f32, ("batch", C, "frames"))
+    dit = cfg.dit
+    modulation = TensorSpec("modulation", f32, ("steps", dit.depth, "batch", 9 * dit.width))
+    final_modulation = TensorSpec("final_modulation", f32, ("steps", "batch", 2 * dit.width))
+    kv = TensorSpec("kv", f32, (dit.depth, "batch", "context", 2, dit.cross_heads, dit.cross_head_dim))
+    step = TensorSpec("step", "int64", (1,))
+    guidance = (TensorSpec("cfg_scale", f32, ("batch",)), TensorSpec("cfg_rescale", f32, ("batch",)))
     if graph == "conditioner":
         return GraphInterface(
             inputs=(
@@ -107,10 +121,19 @@ def interface(graph: str, cfg: ModelConfig) -> GraphInterface:
                 TensorSpec("uncond_context", f32, ("batch", "context", D)),
                 TensorSpec("uncond_context_mask", "bool", ("batch", "context")),
                 global_cond,
-                TensorSpec("cfg_scale", f32, ("batch",)),
-                TensorSpec("cfg_rescale", f32, ("batch",)),
+                *guidance,
             ),
             outputs=(velocity,),
+        )
+    if graph == "dit_prepare":
+        return GraphInterface(
+            inputs=(TensorSpec("times", f32, ("steps",)), context, global_cond),
+            outputs=(modulation, final_modulation, kv),
+        )
+    if graph in ("dit_cached", "dit_cfg_cached"):
+        extra = guidance if graph == "dit_cfg_cached" else ()
+        return GraphInterface(
+            inputs=(x, step, modulation, final_modulation, kv, context_mask, *extra), outputs=(velocity,)
         )
     return GraphInterface(
         inputs=(TensorSpec("latents", f32, ("batch", cfg.vae.latent_dim, "frames")),),
@@ -122,11 +145,13 @@ def dim_ranges(cfg: ModelConfig) -> dict[str, tuple[int, int | None]]:
     """Allowed sizes of the dynamic dimensions (inclusive; None: unbounded) for the ONNX Runtime graphs.
 
     frames: up to ``max_seconds`` of latents; text: the text encoder's limit; context: text plus the number
-    tokens. TensorRT engines narrow these to their optimisation profiles.
+    tokens; steps: the solver's calls of one generation. TensorRT engines narrow these to their optimisation
+    profiles.
     """
     max_frames = max(1, round(cfg.max_seconds * cfg.latent_rate))
     return {
         "batch": (1, None),
+        "steps": (1, None),
         "frames": (1, max_frames),
         "text": (1, cfg.text.max_length),
         "context": (1 + len(cfg.number_keys), cfg.context_length),

@@ -17,6 +17,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -85,6 +86,11 @@ class RuntimePipeline:
 
     Graphs load on first use, so an export without some graph still serves the others (an export without
     the conditioner takes precomputed :class:`Conditioning` in :meth:`sample`).
+
+    ``cached``: run the DiT as the engine does, with the per-generation work (every adaLN output of the
+    schedule, the prompt's cross-attention K/V) hoisted out of the solver's loop into ``dit_prepare`` and the
+    uncond half's cross-attention skipped (``dit_cached``, ``dit_cfg_cached``). None (default): where the export
+    holds those graphs and the uncond is the null memory; True: always; False: the plain ``dit``/``dit_cfg``.
     """
 
     def __init__(
@@ -94,9 +100,13 @@ class RuntimePipeline:
         backend: str = "onnxruntime",
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        cached: bool | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
+        if cached not in (None, True, False):
+            raise ValueError(f"cached={cached!r} must be None (where the export allows), True or False")
+        self.cached = cached
         self.directory = Path(directory)
         self.manifest = read_manifest(self.directory)
         self.cfg = self.manifest.config
@@ -175,12 +185,18 @@ class RuntimePipeline:
         cfg_scale: float = 3.5,
         cfg_rescale: float = 0.0,
         cfg_interval: tuple[float, float] | None = None,
+        times: np.ndarray | None = None,
     ) -> sampling.VelocityFn:
         """The (guided) velocity ``v(x, t)``: the ``dit`` graph, or ``dit_cfg`` where guidance applies.
 
         As :func:`etta_engine.sampling.cfg`: guidance within ``cfg_interval`` only (elsewhere the conditional
         velocity, from the cheaper ``dit`` graph); ``uncond`` None means the official null memory (zeros, the
         cond mask) and an uncond from a negative prompt keeps the cond's global conditioning.
+
+        ``times``: the solver's evaluation times (:func:`etta_engine.runtime.sampling.evaluation_times`). Given,
+        and where the pipeline uses the cached graphs (``cached``), the per-generation work runs once in
+        ``dit_prepare`` and each call runs ``dit_cached`` or ``dit_cfg_cached``; the function then serves one
+        solve at exactly these times.
         """
         if not cfg_scale >= 0:
             raise ValueError(f"cfg_scale={cfg_scale} must be >= 0")
@@ -189,45 +205,23 @@ class RuntimePipeline:
         if cfg_interval is not None and not 0.0 <= cfg_interval[0] <= cfg_interval[1] <= 1.0:
             raise ValueError(f"cfg_interval={cfg_interval} must satisfy 0 <= t_lo <= t_hi <= 1")
         B = cond.context.shape[0]
-        # The conditioning is bound once: the backends keep it on the device, and a step sends only x and t. The
-        # plain graph is bound at its first use (an export may hold only dit_cfg).
-        dit = None
-
-        def plain(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-            nonlocal dit
-            if dit is None:
-                dit = self.graph("dit").bind(
-                    context=cond.context, context_mask=cond.context_mask, global_cond=cond.global_cond
-                )
-            (v,) = dit(x=x, t=t)
-            return v
-
-        if cfg_scale == 1.0 and cfg_interval is None:
-            return plain
-        if uncond is None:
-            uncond = Conditioning(np.zeros_like(cond.context), cond.context_mask, cond.global_cond)
-        if uncond.context.shape != cond.context.shape:
+        guide = not (cfg_scale == 1.0 and cfg_interval is None)
+        if guide and uncond is not None and uncond.context.shape != cond.context.shape:
             raise ValueError(
                 f"the uncond context {uncond.context.shape} must have the shape of the cond context "
                 f"{cond.context.shape} (tokenize both with the same padding)"
             )
-        scale = np.full(B, cfg_scale, dtype=np.float32)
-        rescale = np.full(B, cfg_rescale, dtype=np.float32)
-
-        dit_cfg = self.graph("dit_cfg").bind(
-            context=cond.context,
-            context_mask=cond.context_mask,
-            uncond_context=uncond.context,
-            uncond_context_mask=uncond.context_mask,
-            global_cond=cond.global_cond,
-            cfg_scale=scale,
-            cfg_rescale=rescale,
-        )
-
-        def guided(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-            (v,) = dit_cfg(x=x, t=t)
-            return v
-
+        guidance = {
+            "cfg_scale": np.full(B, cfg_scale, dtype=np.float32),
+            "cfg_rescale": np.full(B, cfg_rescale, dtype=np.float32),
+        }
+        if times is not None and self.uses_cached(guide=guide, plain=not guide or cfg_interval is not None,
+                                                  negative=uncond is not None):  # fmt: skip
+            plain, guided = _CachedSteps(self, cond, np.asarray(times, dtype=np.float32), guidance).functions()
+        else:
+            plain, guided = self._plain_steps(cond, uncond, guidance)
+        if not guide:
+            return plain
         if cfg_interval is None:
             return guided
         lo, hi = cfg_interval
@@ -241,6 +235,47 @@ class RuntimePipeline:
             return np.where(inside[:, None, None], guided(x, t), plain(x, t))
 
         return interval
+
+    def uses_cached(self, *, guide: bool = True, plain: bool = False, negative: bool = False) -> bool:
+        """Whether a generation runs the cached graphs (``dit_prepare`` and the step graphs it needs: the guided
+        one where it ``guide``-s, the plain one where it calls the plain velocity). ``cached`` None: where the
+        export holds them and no negative prompt is given (its uncond rows attend, which the cached guided
+        step skips); True: always (an error where that cannot be); False: never."""
+        needed = ["dit_prepare", *(["dit_cfg_cached"] if guide else []), *(["dit_cached"] if plain else [])]
+        missing = [g for g in needed if g not in self.manifest.graphs]
+        if self.cached is None:
+            return not missing and not (guide and negative)
+        if self.cached and missing:
+            raise ManifestError(f"{self.directory} has no cached graphs {missing} (cached=True); re-export it")
+        if self.cached and guide and negative:
+            raise ValueError("a negative prompt needs the plain dit_cfg graph: use cached=None or False")
+        return self.cached
+
+    def _plain_steps(self, cond: Conditioning, uncond: Conditioning | None, guidance: dict):
+        """The velocity by the plain graphs, (conditional, guided); each graph is bound at its first use (an
+        export may hold only one), so that a step sends only x and t."""
+        bound = {}
+        if uncond is None:
+            uncond = Conditioning(np.zeros_like(cond.context), cond.context_mask, cond.global_cond)
+        fixed = {
+            "dit": dict(context=cond.context, context_mask=cond.context_mask, global_cond=cond.global_cond),
+            "dit_cfg": dict(
+                context=cond.context,
+                context_mask=cond.context_mask,
+                uncond_context=uncond.context,
+                uncond_context_mask=uncond.context_mask,
+                global_cond=cond.global_cond,
+                **guidance,
+            ),
+        }
+
+        def run(name: str, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+            if name not in bound:
+                bound[name] = self.graph(name).bind(**fixed[name])
+            (v,) = bound[name](x=x, t=t)
+            return v
+
+        return partial(run, "dit"), partial(run, "dit_cfg")
 
     def sample(
         self,
@@ -259,7 +294,12 @@ class RuntimePipeline:
         """Latents (B, C, T) from ``noise`` (B, C, T): the ODE from t = 1 to 0 with the (guided) velocity."""
         steps = sampling.steps_for(solver, nfe)
         velocity = self.velocity_fn(
-            cond, uncond, cfg_scale=cfg_scale, cfg_rescale=cfg_rescale, cfg_interval=cfg_interval
+            cond,
+            uncond,
+            cfg_scale=cfg_scale,
+            cfg_rescale=cfg_rescale,
+            cfg_interval=cfg_interval,
+            times=sampling.evaluation_times(solver, nfe, schedule),
         )
         with _progress(steps, progress) as bar:
             result = sampling.sample(
@@ -373,6 +413,38 @@ class RuntimePipeline:
         if not 0 < value <= self.cfg.max_seconds:
             raise ValueError(f"seconds={seconds} is outside (0, {self.cfg.max_seconds:g}] (the model's limit)")
         return value
+
+
+class _CachedSteps:
+    """The velocity of one solve by the cached graphs: ``dit_prepare`` once (here), then call ``k`` of the solve
+    runs a step graph on row ``k`` of the tables, bound at its first use (the tables stay where the graph runs)."""
+
+    def __init__(self, pipe: RuntimePipeline, cond: Conditioning, times: np.ndarray, guidance: dict) -> None:
+        if times.ndim != 1 or times.size == 0 or not np.all((times >= 0) & (times <= 1)):
+            raise ValueError(f"times must be a non-empty 1-D array in [0, 1], got {times}")
+        modulation, final, kv = pipe.graph("dit_prepare")(
+            times=times, context=cond.context, global_cond=cond.global_cond
+        )
+        tables = dict(modulation=modulation, final_modulation=final, kv=kv, context_mask=cond.context_mask)
+        self.fixed = {"dit_cached": tables, "dit_cfg_cached": {**tables, **guidance}}
+        self.pipe, self.times, self.calls, self.bound = pipe, times, 0, {}
+
+    def functions(self):
+        """(conditional, guided) velocity functions; they share the call counter."""
+        return partial(self.run, "dit_cached"), partial(self.run, "dit_cfg_cached")
+
+    def run(self, name: str, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        k = self.calls
+        if k >= len(self.times) or not np.all(t == self.times[k]):
+            raise RuntimeError(
+                f"velocity call {k} at t={t.tolist()}, but the DiT was prepared for the calls at "
+                f"t={self.times.tolist()}: prepare each solve with its solver's evaluation_times"
+            )
+        self.calls += 1
+        if name not in self.bound:
+            self.bound[name] = self.pipe.graph(name).bind(**self.fixed[name])
+        (v,) = self.bound[name](x=x, step=np.array([k], dtype=np.int64))
+        return v
 
 
 def _progress(total: int, enabled: bool):

@@ -225,3 +225,17 @@ def sample(
     if calls > nfe:  # a solver bug, never a user error
         raise AssertionError(f"{solver} made {calls} velocity calls over its budget of {nfe}")
     return SampleResult(x=x.astype(np.float32, copy=False), nfe=calls, steps=steps)
+
+
+def evaluation_times(solver: str, nfe: int, schedule: str = "uniform", **schedule_options) -> np.ndarray:
+    """The times (calls,) fp32 at which :func:`sample` calls the velocity, in call order (as
+    :func:`etta_engine.engine.evaluation_times`): the solver run on a one-element problem with a recording
+    velocity (the fixed-step solvers never branch on values, so a real run calls at the same times)."""
+    times: list[np.float32] = []
+
+    def record(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        times.append(t[0])
+        return np.zeros_like(x)
+
+    sample(record, np.zeros((1, 1, 1), np.float32), solver=solver, nfe=nfe, schedule=schedule, **schedule_options)
+    return np.asarray(times, dtype=np.float32)

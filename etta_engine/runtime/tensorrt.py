@@ -89,8 +89,8 @@ class TensorRTGraph(Graph):
         self._check_engine(trt, str(path))
         self.ranges = self._profile_ranges()
         self.range_hint = (
-            " (the engine's optimisation profile; rebuild with `etta export tensorrt` and a wider --max-batch, "
-            "--max-frames, --max-vae-frames or --max-text)"
+            " (the engine's optimisation profile; rebuild with `etta export tensorrt` and a wider --batch, "
+            "--frames, --vae-frames, --text or --steps range)"
         )
         self._rt = rt
         self.stream = cuda_call(rt.cudaStreamCreate())
