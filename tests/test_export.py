@@ -79,10 +79,9 @@ def onnx_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fp16_dir(tmp_path_factory) -> Path:
-    """The fp16 variant of the DiT step and VAE decoder, with every tensor in external data."""
-    return exported(
-        tmp_path_factory, "tiny-fp16", dtype="fp16", parts=["dit", "vae_decoder"], external_data_threshold=0
-    )
+    """The fp16 variant of the DiT step (plain and cached CFG) and VAE decoder, with every tensor in external data."""
+    parts = ["dit", "vae_decoder", "dit_prepare", "dit_cfg_cached"]
+    return exported(tmp_path_factory, "tiny-fp16", dtype="fp16", parts=parts, external_data_threshold=0)
 
 
 def ragged_inputs(cfg: E.ModelConfig, B: int, T: int, L: int, seed: int = 0):
@@ -270,6 +269,28 @@ def test_fp16_variant_is_as_close_to_fp32_as_torch_fp16(fp16_dir, model, T):
     with torch.no_grad():
         ref, naive = model.vae.decode(z), half_vae.decode(z.half()).float()
     (got,) = run(fp16_dir / "vae_decoder.onnx", latents=z)
+    assert rel_err(torch.from_numpy(got), ref) <= 2 * rel_err(naive, ref) + FP16_TINY
+
+
+@pytest.mark.parametrize("T", [17, 215])
+def test_fp16_cached_cfg_is_as_close_to_fp32_as_torch_fp16(fp16_dir, model, T):
+    """The fp16 cached graphs (tables in fp16, returned through the fp32 interface: a lossless round trip)."""
+    B, L, scale = 2, 9, 3.5
+    x, t, context, mask, global_cond = ragged_inputs(model.cfg, B, T, L, seed=T)
+    t = torch.full((B,), 0.7)
+    null = torch.zeros_like(context)
+    both = DiTConditioning(torch.cat((context, null)), mask.repeat(2, 1), global_cond.repeat(2, 1))
+    half_dit = E.DiT(model.cfg.dit).half().eval()
+    half_dit.load_state_dict(model.dit.state_dict())
+    half = DiTConditioning(both.context.half(), both.context_mask, both.global_cond.half())
+    with torch.no_grad():
+        ref = sampling.cfg(lambda x2, t2: model.dit(x2, t2, *both), scale)(x, t)
+        naive = sampling.cfg(lambda x2, t2: half_dit(x2.half(), t2, *half).float(), scale)(x, t)
+    tables = cached_tables(fp16_dir, t[:1], context, global_cond)
+    tensors = {k: torch.from_numpy(v) for k, v in tables.items()}
+    assert torch.equal(tensors["kv"], tensors["kv"].half().float())  # fp16 values
+    (got,) = run(fp16_dir / "dit_cfg_cached.onnx", x=x, step=torch.tensor([0]), context_mask=mask, **tensors,
+                 cfg_scale=torch.full((B,), scale), cfg_rescale=torch.zeros(B))  # fmt: skip
     assert rel_err(torch.from_numpy(got), ref) <= 2 * rel_err(naive, ref) + FP16_TINY
 
 
