@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import benchmark_model, environment, synchronize, write_results
+from _common import benchmark_model, environment, pyplot, save_figure, synchronize, write_results
 
 STAGES = ("conditioner", "dit_prepare", "dit_step", "dit_cfg_step", "sampling_loop", "vae_decode", "total")
 # What the torch rows time: the stages run the eager modules; "total" is Pipeline.generate, with whatever
@@ -191,6 +191,32 @@ def torch_rows(model, s: Setting, device: torch.device) -> list[dict]:
     ]
 
 
+def plot(path: Path) -> Path:
+    """Median milliseconds of each stage, one bar per backend (cached graphs, plain graphs, torch), log scale."""
+    import json
+
+    plt = pyplot()
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    stages = [s for s in STAGES if any(r["stage"] == s for r in rows)]
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    width = 0.8 / len(backends)
+    for i, backend in enumerate(backends):
+        ms = {r["stage"]: r["ms_median"] for r in rows if r["backend"] == backend}
+        xs = [k + (i - (len(backends) - 1) / 2) * width for k, s in enumerate(stages) if s in ms]
+        ax.bar(xs, [ms[s] for s in stages if s in ms], width, label=backend)
+    ax.set_xticks(range(len(stages)), stages, rotation=20, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("median ms")
+    ax.grid(alpha=0.3, axis="y", which="both")
+    ax.legend(fontsize=8)
+    s = rows[0]
+    title = (f"{s['preset']} (DiT depth {data['environment'].get('dit_depth')}), {s['seconds']:g} s, NFE {s['nfe']} "
+             f"{s['solver']}, CFG {s['cfg_scale']:g} - {data['environment']['device']}")  # fmt: skip
+    return save_figure(fig, path, title)
+
+
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="etta")
@@ -274,7 +300,7 @@ def main(argv=None) -> Path:
     for r in rows:
         rtf = f"  RTF {r['rtf']:.3f}" if "rtf" in r else ""
         print(f"{r['backend']:>12} {r['stage']:<14} {r['ms_median']:10.2f} ms{rtf}")
-    print(f"-> {path}")
+    print(f"-> {path} and {plot(path).name}")
     return path
 
 

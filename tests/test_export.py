@@ -412,5 +412,6 @@ def test_runtime_benchmark_smoke_writes_rows(onnx_dir, tmp_path):
     assert all(r["ms_median"] > 0 and r["frames"] == 22 and r["nfe"] == 2 for r in rows)
     assert not any(r["backend"] == "tensorrt" for r in rows)
     assert {r["torch_path"] for r in rows if r["backend"] == "torch"} == {"eager", "Pipeline.generate"}
+    assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the stages, plotted
     total = next(r for r in rows if r["backend"] == "onnxruntime" and r["stage"] == "total")
     assert total["rtf"] == pytest.approx(total["ms_median"] / 1000 / 1.0)
