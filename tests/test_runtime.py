@@ -266,6 +266,33 @@ def test_cached_velocity_serves_one_solve_at_its_times(runtime):
         strict.generate(["x"], seconds=0.5, nfe=2, negative_prompt="wind", progress=False)
 
 
+def test_resident_tables_go_from_prepare_to_the_step_without_the_host(runtime):
+    """dit_prepare's outputs stay OrtValues on the session's device and bind into the step graph as they are:
+    the same velocity as the tables through NumPy, and clear errors for a resident tensor that does not fit."""
+    from etta_engine.runtime import ResidentTensor
+
+    cond = runtime.encode(["a dog barks", "rain"], seconds_total=1.0)
+    times = R.evaluation_times("heun", 4)
+    inputs = dict(times=times, context=cond.context, global_cond=cond.global_cond)
+    prepare = runtime.graph("dit_prepare")
+    resident, host = prepare.run_resident(**inputs), prepare(**inputs)
+    for r, h in zip(resident, host, strict=True):
+        assert isinstance(r, ResidentTensor) and r.shape == h.shape and r.dtype == h.dtype.name
+        assert np.array_equal(r.numpy(), h)
+    x = np.random.default_rng(0).standard_normal((2, 64, 5), dtype=np.float32)
+    step = np.array([2], np.int64)
+    names = ("modulation", "final_modulation", "kv")
+    cached = runtime.graph("dit_cached")
+    (want,) = cached.bind(context_mask=cond.context_mask, **dict(zip(names, host, strict=True)))(x=x, step=step)
+    (got,) = cached.bind(context_mask=cond.context_mask, **dict(zip(names, resident, strict=True)))(x=x, step=step)
+    assert np.array_equal(got, want)
+    (unbound,) = cached(x=x, step=step, context_mask=cond.context_mask, **dict(zip(names, resident, strict=True)))
+    assert np.array_equal(unbound, want)
+    wrong = dict(zip(names, resident, strict=True)) | {"kv": resident[0]}  # modulation where kv goes
+    with pytest.raises(ValueError, match=r"graph 'dit_cached': input 'kv' must have shape \(2, batch, context"):
+        cached(x=x, step=step, context_mask=cond.context_mask, **wrong)
+
+
 def test_an_export_without_cached_graphs_runs_the_plain_ones(onnx_dir, tmp_path):
     old = tmp_path / "export"
     shutil.copytree(onnx_dir, old)

@@ -9,7 +9,7 @@ in :mod:`etta_engine.runtime.sampling` (NumPy mirrors of :mod:`etta_engine.sampl
 imports neither torch nor transformers.
 """
 
-from etta_engine.runtime.graph import Graph, ShapeError
+from etta_engine.runtime.graph import Graph, ResidentTensor, ShapeError
 from etta_engine.runtime.manifest import GRAPHS, Manifest, ManifestError, interface, read_manifest
 from etta_engine.runtime.pipeline import BACKENDS, Audio, Conditioning, RuntimePipeline
 
@@ -21,6 +21,7 @@ __all__ = [
     "Graph",
     "Manifest",
     "ManifestError",
+    "ResidentTensor",
     "RuntimePipeline",
     "ShapeError",
     "interface",

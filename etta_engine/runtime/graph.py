@@ -15,11 +15,17 @@ binding; TensorRT: device buffers copied once), so that a step transfers only x 
 
     dit = graph.bind(context=context, context_mask=mask, global_cond=g)
     (velocity,) = dit(x=x, t=t)
+
+:meth:`Graph.run_resident` leaves the outputs where the graph ran, as :class:`ResidentTensor` handles that
+another graph of the same backend takes as inputs without a round trip through the host (ONNX Runtime; the
+other backends return NumPy arrays): the cached DiT's tables go from ``dit_prepare`` straight into the step's
+binding.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,6 +34,19 @@ from etta_engine.runtime.manifest import GraphInterface, ManifestError, TensorSp
 
 class ShapeError(ValueError):
     """Inputs whose sizes the graph (or its TensorRT profile) does not accept."""
+
+
+@dataclass(frozen=True)
+class ResidentTensor:
+    """An output left where its graph ran: ``value`` is the backend's handle (an ONNX Runtime OrtValue),
+    ``dtype`` a NumPy dtype name. ``numpy()`` copies it to the host."""
+
+    value: object
+    shape: tuple[int, ...]
+    dtype: str
+
+    def numpy(self) -> np.ndarray:
+        return self.value.numpy()
 
 
 def _shape_str(shape) -> str:
@@ -90,11 +109,11 @@ class Graph(ABC):
         sizes: dict[str, tuple[int, str]] = {}
         for spec in self.interface.inputs:
             value = inputs[spec.name]
-            if not isinstance(value, np.ndarray):
+            if not isinstance(value, np.ndarray | ResidentTensor):
                 raise TypeError(f"graph {self.name!r}: input {spec.name!r} must be a numpy array, got {type(value)}")
-            if value.dtype != np.dtype(spec.dtype):
+            if np.dtype(value.dtype) != np.dtype(spec.dtype):
                 raise TypeError(f"graph {self.name!r}: input {spec.name!r} must be {spec.dtype}, got {value.dtype}")
-            if value.ndim != len(spec.shape):
+            if len(value.shape) != len(spec.shape):
                 raise ValueError(
                     f"graph {self.name!r}: input {spec.name!r} must have shape {_shape_str(spec.shape)}, "
                     f"got {value.shape}"
@@ -128,6 +147,11 @@ class Graph(ABC):
         self.check_inputs(inputs)
         outputs = self._run(inputs)
         return tuple(outputs)
+
+    def run_resident(self, **inputs: np.ndarray | ResidentTensor) -> tuple[np.ndarray | ResidentTensor, ...]:
+        """The outputs left where the graph ran (:class:`ResidentTensor`), for another graph of this backend;
+        by default (a backend without them) NumPy arrays, as a plain call."""
+        return self(**inputs)
 
     def bind(self, **fixed: np.ndarray) -> BoundGraph:
         """This graph with the inputs ``fixed`` (copied here) in every call; the calls give the others."""

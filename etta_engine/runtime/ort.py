@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from etta_engine.runtime.graph import Graph, check_declared
+from etta_engine.runtime.graph import Graph, ResidentTensor, check_declared
 from etta_engine.runtime.manifest import GraphEntry, Manifest, ManifestError, interface
 
 # ONNX Runtime's type strings -> NumPy dtype names
@@ -87,20 +87,51 @@ class OrtGraph(Graph):
                 shape = tuple(s if isinstance(s, int) else None for s in d.shape) if d.shape is not None else None
                 check_declared(self.name, source, spec, dtype, shape)
 
+    @property
+    def device(self) -> tuple[str, int]:
+        """Where the session runs: ("cuda", device id) or ("cpu", 0)."""
+        if self.session.get_providers()[0] == "CUDAExecutionProvider":
+            return "cuda", int(self.session.get_provider_options()["CUDAExecutionProvider"].get("device_id", 0))
+        return "cpu", 0
+
     def _run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(self.output_names, inputs)
+        arrays = {k: v.numpy() if isinstance(v, ResidentTensor) else v for k, v in inputs.items()}
+        return self.session.run(self.output_names, arrays)
+
+    def run_resident(self, **inputs) -> tuple[ResidentTensor, ...]:
+        """The outputs as OrtValues on the session's device (:class:`ResidentTensor`), not copied to the host."""
+        self.check_inputs(inputs)
+        binding = self.session.io_binding()
+        kept = self._bind_inputs(binding, inputs)  # noqa: F841  (alive until the run returns)
+        for name in self.output_names:
+            binding.bind_output(name, *self.device)
+        self.session.run_with_iobinding(binding)
+        return tuple(ResidentTensor(v, tuple(v.shape()), _ORT_TYPES[v.data_type()]) for v in binding.get_outputs())
+
+    def _bind_inputs(self, binding, inputs: dict) -> list:
+        """Bind ``inputs`` on the session's device: OrtValues of NumPy arrays (copied there; on the CPU they wrap
+        the arrays' memory), resident tensors as they are (they must be on that device). Returns the values,
+        which must outlive the binding's runs."""
+        ort, device = onnxruntime(), self.device
+        values = []
+        for name, a in inputs.items():
+            if isinstance(a, ResidentTensor):
+                value = a.value
+                if value.device_name().lower() != device[0]:
+                    raise ValueError(
+                        f"graph {self.name!r}: input {name!r} lies on {value.device_name()}, not on this session's "
+                        f"{device[0]}; pass graphs of one backend and device"
+                    )
+            else:
+                value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), *device)
+            binding.bind_ortvalue_input(name, value)
+            values.append(value)
+        return values
 
     def _bind(self, fixed: dict[str, np.ndarray]):
-        """An I/O binding holding ``fixed`` as OrtValues on the session's device (copied there once), with the
-        values it binds (on the CPU they wrap the arrays' memory, which must outlive the binding)."""
-        ort = onnxruntime()
-        device = ("cpu", 0)
-        if self.session.get_providers()[0] == "CUDAExecutionProvider":
-            device = ("cuda", int(self.session.get_provider_options()["CUDAExecutionProvider"].get("device_id", 0)))
+        """An I/O binding holding ``fixed`` on the session's device (copied there once), with the values it binds."""
         binding = self.session.io_binding()
-        values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), *device) for a in fixed.values()]
-        for name, value in zip(fixed, values, strict=True):
-            binding.bind_ortvalue_input(name, value)
+        values = self._bind_inputs(binding, fixed)
         for name in self.output_names:
             binding.bind_output(name, "cpu")
         return binding, values

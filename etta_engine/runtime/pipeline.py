@@ -422,7 +422,8 @@ class _CachedSteps:
     def __init__(self, pipe: RuntimePipeline, cond: Conditioning, times: np.ndarray, guidance: dict) -> None:
         if times.ndim != 1 or times.size == 0 or not np.all((times >= 0) & (times <= 1)):
             raise ValueError(f"times must be a non-empty 1-D array in [0, 1], got {times}")
-        modulation, final, kv = pipe.graph("dit_prepare")(
+        # Left where dit_prepare ran (ONNX Runtime): bound to the step graphs without a trip through the host.
+        modulation, final, kv = pipe.graph("dit_prepare").run_resident(
             times=times, context=cond.context, global_cond=cond.global_cond
         )
         tables = dict(modulation=modulation, final_modulation=final, kv=kv, context_mask=cond.context_mask)

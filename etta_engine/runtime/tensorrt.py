@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from etta_engine.runtime.graph import Graph, check_declared
+from etta_engine.runtime.graph import Graph, ResidentTensor, check_declared
 from etta_engine.runtime.manifest import Manifest, ManifestError, interface
 
 ENGINES = "engines.json"
@@ -139,7 +139,8 @@ class TensorRTGraph(Graph):
         h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         host_inputs = {}
         for spec in self.interface.inputs:
-            array = np.ascontiguousarray(inputs[spec.name])
+            value = inputs[spec.name]  # a resident tensor of another backend comes through the host
+            array = np.ascontiguousarray(value.numpy() if isinstance(value, ResidentTensor) else value)
             host_inputs[spec.name] = array  # kept alive until the stream is synchronised
             if not self.context.set_input_shape(spec.name, array.shape):
                 raise ValueError(f"TensorRT refused shape {array.shape} for input {spec.name!r} of {self.name!r}")
