@@ -218,14 +218,14 @@ def test_runtime_generates_the_torch_pipelines_audio_from_the_same_noise(pipe, o
     got = runtime.generate(prompts, seconds=seconds, noise=noise, progress=False, **kwargs)
     assert got.sample_rate == want.sample_rate and got.waveform.shape == tuple(want.waveform.shape) == (2, 2, 44100)
     assert rel_err(torch.from_numpy(got.waveform), want.waveform) < AUDIO_TOL
-    # the cached graphs run unless asked not to, or a negative prompt's uncond rows must attend
+    # the cached graphs run unless asked not to; a negative prompt's halves both run in dit_cached
     dit_graphs = {name for name in runtime._graphs if name.startswith("dit")}
-    if cached is None and "negative_prompt" not in kwargs:
+    if cached is None:
+        negative = "negative_prompt" in kwargs
         guided = kwargs["cfg_scale"] != 1.0 or "cfg_interval" in kwargs
-        plain = kwargs["cfg_scale"] == 1.0 or "cfg_interval" in kwargs
-        assert dit_graphs == {"dit_prepare"} | ({"dit_cfg_cached"} if guided else set()) | (
-            {"dit_cached"} if plain else set()
-        )
+        plain = kwargs["cfg_scale"] == 1.0 or "cfg_interval" in kwargs or negative
+        want = {"dit_prepare"} | ({"dit_cfg_cached"} if guided and not negative else set())
+        assert dit_graphs == want | ({"dit_cached"} if plain else set())
     else:
         assert dit_graphs <= {"dit", "dit_cfg"}
 
@@ -261,9 +261,20 @@ def test_cached_velocity_serves_one_solve_at_its_times(runtime):
         runtime.velocity_fn(cond, None, cfg_scale=3.0, times=np.array([1.5], np.float32))
     with pytest.raises(ValueError, match="cached='yes' must be None"):
         RuntimePipeline(runtime.directory, cached="yes")
-    strict = RuntimePipeline(runtime.directory, cached=True)
-    with pytest.raises(ValueError, match="a negative prompt needs the plain dit_cfg graph"):
-        strict.generate(["x"], seconds=0.5, nfe=2, negative_prompt="wind", progress=False)
+
+
+@pytest.mark.parametrize("kwargs", [dict(cfg_rescale=0.7), dict(cfg_interval=(0.3, 0.8))], ids=["rescale", "interval"])
+def test_negative_prompts_run_cached_as_plain(onnx_dir, kwargs):
+    """A negative prompt on the cached graphs (both halves in dit_cached, guidance combined in NumPy, the cond
+    half alone outside an interval) gives the plain dit_cfg's audio."""
+    kw = dict(seconds=0.5, nfe=4, solver="heun", cfg_scale=3.0, negative_prompt="wind", seed=2, progress=False)
+    cached, plain = RuntimePipeline(onnx_dir, cached=True), RuntimePipeline(onnx_dir, cached=False)
+    got = cached.generate(["a dog barks", "rain"], **kw, **kwargs).waveform
+    want = plain.generate(["a dog barks", "rain"], **kw, **kwargs).waveform
+    assert {n for n in cached._graphs if n.startswith("dit")} == {"dit_prepare", "dit_cached"}
+    assert rel_err(torch.from_numpy(got), torch.from_numpy(want)) < AUDIO_TOL
+    other = cached.generate(["a dog barks", "rain"], **(kw | {"negative_prompt": "music"}), **kwargs).waveform
+    assert rel_err(torch.from_numpy(other), torch.from_numpy(want)) > 1e-3  # the negative prompt matters
 
 
 def test_resident_tables_go_from_prepare_to_the_step_without_the_host(runtime):

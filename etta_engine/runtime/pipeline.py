@@ -89,8 +89,9 @@ class RuntimePipeline:
 
     ``cached``: run the DiT as the engine does, with the per-generation work (every adaLN output of the
     schedule, the prompt's cross-attention K/V) hoisted out of the solver's loop into ``dit_prepare`` and the
-    uncond half's cross-attention skipped (``dit_cached``, ``dit_cfg_cached``). None (default): where the export
-    holds those graphs and the uncond is the null memory; True: always; False: the plain ``dit``/``dit_cfg``.
+    uncond half's cross-attention skipped (``dit_cached``, ``dit_cfg_cached``; a negative prompt's uncond rows
+    attend and run in ``dit_cached`` beside the cond rows). None (default): where the export holds those graphs;
+    True: always; False: the plain ``dit``/``dit_cfg``.
     """
 
     def __init__(
@@ -217,7 +218,8 @@ class RuntimePipeline:
         }
         if times is not None and self.uses_cached(guide=guide, plain=not guide or cfg_interval is not None,
                                                   negative=uncond is not None):  # fmt: skip
-            plain, guided = _CachedSteps(self, cond, np.asarray(times, dtype=np.float32), guidance).functions()
+            times = np.asarray(times, dtype=np.float32)
+            plain, guided = _CachedSteps(self, cond, uncond if guide else None, times, guidance).functions()
         else:
             plain, guided = self._plain_steps(cond, uncond, guidance)
         if not guide:
@@ -237,19 +239,18 @@ class RuntimePipeline:
         return interval
 
     def uses_cached(self, *, guide: bool = True, plain: bool = False, negative: bool = False) -> bool:
-        """Whether a generation runs the cached graphs (``dit_prepare`` and the step graphs it needs: the guided
-        one where it ``guide``-s, the plain one where it calls the plain velocity). ``cached`` None: where the
-        export holds them and no negative prompt is given (its uncond rows attend, which the cached guided
-        step skips); True: always (an error where that cannot be); False: never."""
-        needed = ["dit_prepare", *(["dit_cfg_cached"] if guide else []), *(["dit_cached"] if plain else [])]
+        """Whether a generation runs the cached graphs: ``dit_prepare`` and the step graphs it needs, the guided
+        one where it ``guide``-s with the null memory, the plain one where it calls the plain velocity or
+        guides with a ``negative`` prompt (whose uncond rows attend: both halves run in it, 2B rows, and the
+        guidance is combined here). ``cached`` None: where the export holds them; True: always (an error where
+        it does not); False: never."""
+        needed = ["dit_prepare"]
+        needed += ["dit_cfg_cached"] if guide and not negative else []
+        needed += ["dit_cached"] if plain or (guide and negative) else []
         missing = [g for g in needed if g not in self.manifest.graphs]
-        if self.cached is None:
-            return not missing and not (guide and negative)
         if self.cached and missing:
             raise ManifestError(f"{self.directory} has no cached graphs {missing} (cached=True); re-export it")
-        if self.cached and guide and negative:
-            raise ValueError("a negative prompt needs the plain dit_cfg graph: use cached=None or False")
-        return self.cached
+        return not missing if self.cached is None else self.cached
 
     def _plain_steps(self, cond: Conditioning, uncond: Conditioning | None, guidance: dict):
         """The velocity by the plain graphs, (conditional, guided); each graph is bound at its first use (an
@@ -417,22 +418,49 @@ class RuntimePipeline:
 
 class _CachedSteps:
     """The velocity of one solve by the cached graphs: ``dit_prepare`` once (here), then call ``k`` of the solve
-    runs a step graph on row ``k`` of the tables, bound at its first use (the tables stay where the graph runs)."""
+    runs a step graph on row ``k`` of the tables, bound at its first use (the tables stay where the graph runs).
 
-    def __init__(self, pipe: RuntimePipeline, cond: Conditioning, times: np.ndarray, guidance: dict) -> None:
+    ``uncond``: a negative prompt's conditioning; its rows attend, so cond and uncond run together in
+    ``dit_cached`` (2B rows, tables of both) and the guidance of :func:`etta_engine.sampling.cfg` is combined here.
+    """
+
+    def __init__(
+        self, pipe: RuntimePipeline, cond: Conditioning, uncond: Conditioning | None, times: np.ndarray, guidance: dict
+    ) -> None:
         if times.ndim != 1 or times.size == 0 or not np.all((times >= 0) & (times <= 1)):
             raise ValueError(f"times must be a non-empty 1-D array in [0, 1], got {times}")
+        rows = cond if uncond is None else Conditioning(*(np.concatenate(p) for p in zip(cond, uncond, strict=True)))
         # Left where dit_prepare ran (ONNX Runtime): bound to the step graphs without a trip through the host.
         modulation, final, kv = pipe.graph("dit_prepare").run_resident(
-            times=times, context=cond.context, global_cond=cond.global_cond
+            times=times, context=rows.context, global_cond=rows.global_cond
         )
-        tables = dict(modulation=modulation, final_modulation=final, kv=kv, context_mask=cond.context_mask)
+        tables = dict(modulation=modulation, final_modulation=final, kv=kv, context_mask=rows.context_mask)
         self.fixed = {"dit_cached": tables, "dit_cfg_cached": {**tables, **guidance}}
         self.pipe, self.times, self.calls, self.bound = pipe, times, 0, {}
+        self.negative = uncond is not None
+        self.scale, self.rescale = float(guidance["cfg_scale"][0]), float(guidance["cfg_rescale"][0])
 
     def functions(self):
         """(conditional, guided) velocity functions; they share the call counter."""
-        return partial(self.run, "dit_cached"), partial(self.run, "dit_cfg_cached")
+        if not self.negative:
+            return partial(self.run, "dit_cached"), partial(self.run, "dit_cfg_cached")
+
+        def both(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+            return self.run("dit_cached", np.concatenate((x, x)), np.concatenate((t, t)))  # (2B, C, T)
+
+        def plain(x: np.ndarray, t: np.ndarray) -> np.ndarray:  # outside a cfg_interval: the cond half
+            return both(x, t)[: len(x)]
+
+        def guided(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+            v = both(x, t)
+            v_cond, v_uncond = v[: len(x)], v[len(x) :]
+            g = v_uncond + np.float32(self.scale) * (v_cond - v_uncond)
+            if self.rescale > 0:
+                ratio = v_cond.std(axis=1, ddof=1, keepdims=True) / g.std(axis=1, ddof=1, keepdims=True)
+                g = np.float32(self.rescale) * (g * ratio) + np.float32(1 - self.rescale) * g
+            return g
+
+        return plain, guided
 
     def run(self, name: str, x: np.ndarray, t: np.ndarray) -> np.ndarray:
         k = self.calls
