@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import re
 import shlex
@@ -68,17 +69,22 @@ def benchmark_model(name: str, text_encoder: str | None = None):
     for the results' environment."""
     import dataclasses
 
-    from etta_engine.checkpoint import load_model
+    from etta_engine.checkpoint import is_pretrained, load_model
     from etta_engine.config import PRESETS
     from etta_engine.models.model import ETTAModel
     from etta_engine.models.text import T5TextEncoder
 
-    try:
+    if is_pretrained(name) or name not in PRESETS:
         return load_model(name, text_encoder), "loaded"
+    model = ETTAModel.from_preset(name)  # once: the etta preset's 1.5 B random weights take a while to draw
+    if model.text_encoder is not None:
+        return model, "loaded"
+    try:
+        model.load_text_encoder(text_encoder)
+        return model, "loaded"
     except FileNotFoundError as e:
-        if name not in PRESETS or text_encoder is not None or "T5 encoder" not in str(e):
+        if text_encoder is not None or "T5 encoder" not in str(e):
             raise
-    model = ETTAModel.from_preset(name)
     pretrained = model.cfg.text.pretrained
     sizes = T5_BASE if pretrained.endswith("t5-base") else {}
     with torch.random.fork_rng(devices=[]):
@@ -95,7 +101,10 @@ def write_results(name: str, env: dict, rows: list[dict], out: Path | None = Non
     slug = re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-")[:40]
     stamp = env["date"].replace(":", "").replace("-", "")[:15]
     path = folder / f"{name}-{slug}-{stamp}.json"
-    path.write_text(json.dumps({"benchmark": name, "environment": env, "rows": rows}, indent=1))
+    # Atomically: a script that rewrites its file as rows come in never leaves half of one behind.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"benchmark": name, "environment": env, "rows": rows}, indent=1))
+    os.replace(tmp, path)
     return path
 
 

@@ -258,6 +258,16 @@ def main(argv=None) -> Path:
     if args.depth is not None:
         model = with_depth(model, args.depth)
     model.eval()
+    if "onnxruntime" in backends and device.type == "cuda":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            # Its rows would time the CPU provider next to torch on the GPU (and take minutes at the etta size).
+            print(f"this onnxruntime has no CUDAExecutionProvider (only {onnxruntime.get_available_providers()}):"
+                  " no ONNX Runtime rows next to torch on cuda (pip install onnxruntime-gpu)")  # fmt: skip
+            backends.remove("onnxruntime")
+            if not backends:
+                raise SystemExit("no backend left to time (add torch or tensorrt to --backends)")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         onnx_dir = args.onnx

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import statistics
 import sys
 import tempfile
 import time
@@ -75,9 +76,13 @@ def backend_unusable(name: str, device: torch.device, dtype: str = "fp32") -> st
         return f"the ONNX export has no {dtype} (choices: {sorted(EXPORT_DTYPES)})"
     if name.startswith("onnx"):
         try:
-            import onnxruntime  # noqa: F401
+            import onnxruntime
         except ImportError:
             return "onnxruntime is not installed (pip install 'etta_engine[runtime]')"
+        if device.type == "cuda" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            # Its rows would time the CPU provider under a GPU's name (and take minutes at the etta size).
+            providers = onnxruntime.get_available_providers()
+            return f"this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu), only {providers}"
     if name.startswith("tensorrt"):
         try:
             import tensorrt  # noqa: F401
@@ -138,7 +143,8 @@ def timed(device: torch.device, fn):
     return out, (time.perf_counter() - start) * 1e3
 
 
-def run(args) -> tuple[list[dict], list[dict]]:
+def run(args, on_update=None) -> tuple[list[dict], list[dict]]:
+    """The sweep's rows and failures; ``on_update(rows, failures)`` is called after every cell."""
     device = torch.device(args.device)
     backends = []
     for backend in args.backends:
@@ -160,13 +166,14 @@ def run(args) -> tuple[list[dict], list[dict]]:
         runtime = [b for b in backends if b in RUNTIME_BACKENDS]
         # Exported from the CPU model in fp32, before the move and the cast (the export casts by itself).
         pipelines = runtime_pipelines(model, runtime, args.dtype, device, Path(folder)) if runtime else {}
-        return sweep(args, model.to(device), backends, pipelines)
+        return sweep(args, model.to(device), backends, pipelines, on_update)
 
 
-def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> tuple[list[dict], list[dict]]:
+def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict, on_update=None):
     """The rows of every cell of ``backends`` x solvers x NFE x CFG (``pipelines``: the runtime backends'), and
     the failures: a backend that raises is reported (its first error) and skipped for the rest of the sweep,
-    so that it does not cost the other backends' rows."""
+    so that it does not cost the other backends' rows. Each cell is one untimed warm-up generation, then
+    ``args.reps`` timed ones: the row's stage times are their medians."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     model.dit.to(dtype)
     mcfg = model.cfg
@@ -228,14 +235,21 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> tuple
                 generate(backend, solver, nfe, scale)  # warm-up (compilation, allocator, CUDA graph capture)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                x, audio, stages = generate(backend, solver, nfe, scale)
+                timings = []
+                for _ in range(args.reps):
+                    x, audio, stages = generate(backend, solver, nfe, scale)
+                    timings.append(stages)
             except Exception as e:  # reported, and the script exits non-zero
                 cell = {"backend": backend, "solver": solver, "nfe": nfe, "cfg_scale": scale}
                 failures.append(cell | {"error": repr(e)})
                 print(f"backend {backend!r} failed at {solver} nfe={nfe} cfg={scale}: {e!r}", file=sys.stderr)
+                if on_update is not None:
+                    on_update(rows, failures)
                 continue
             x_ref, audio_ref = references[scale]
-            e2e = sum(stages.values())
+            stages = {k: statistics.median(t[k] for t in timings) for k in timings[0]}
+            e2e_all = [sum(t.values()) for t in timings]
+            e2e = statistics.median(e2e_all)
             peak = None  # CPU: not measured; the runtime backends allocate outside torch
             if device.type == "cuda" and backend not in pipelines:
                 peak = torch.cuda.max_memory_allocated(device) / 2**30
@@ -255,6 +269,8 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> tuple
                     "seconds": args.seconds,
                     **stages,
                     "e2e_ms": e2e,
+                    "e2e_ms_all": e2e_all,
+                    "reps": args.reps,
                     "rtf": e2e / 1e3 / args.seconds,
                     "peak_memory_gib": peak,
                     "latent_rel_rmse": float(rmse),
@@ -262,6 +278,8 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict) -> tuple
                     "reference": f"rk4 nfe={args.reference_nfe}",
                 }
             )
+            if on_update is not None:
+                on_update(rows, failures)
     return rows, failures
 
 
@@ -298,6 +316,7 @@ def main() -> None:
     parser.add_argument("--cfg-scales", type=lambda s: [float(v) for v in s.split(",")], default=[1.0, 3.5])
     parser.add_argument("--backends", type=lambda s: s.split(","), default=list(BACKENDS))
     parser.add_argument("--reference-nfe", type=int, default=400)
+    parser.add_argument("--reps", type=int, default=1, help="timed generations per cell (their median)")
     graphs_help = "the engine backends' CUDA graphs (CUDA devices): one per whole solve, one per step, or none"
     parser.add_argument("--cuda-graph", choices=list(CUDA_GRAPH_MODES), default="solve", help=graphs_help)
     parser.add_argument("--padding", choices=["max_length", "longest"], default="max_length",
@@ -314,16 +333,24 @@ def main() -> None:
         parser.error(f"unknown backends {unknown}; choices: {list(BACKENDS)}")
     for solver in args.solvers:
         steps_for(solver, 100)  # unknown solvers fail here, with the choices
-    rows, failures = run(args)
+    if args.reps < 1:
+        parser.error(f"--reps must be at least 1, got {args.reps}")
     env = environment(torch.device(args.device))
     for name in ("onnxruntime", "tensorrt"):
         try:
             env[name] = __import__(name).__version__
         except ImportError:
             env[name] = None
-    env["failures"] = failures
-    env["text_encoder"] = args.text_encoder_info
-    path = write_results("sweep", env, rows, args.out)
+
+    def save(rows: list[dict], failures: list[dict], complete: bool = False) -> Path:
+        """The file as it stands: rewritten after every cell, so that a run cut short keeps its rows."""
+        env["failures"] = failures
+        env["text_encoder"] = getattr(args, "text_encoder_info", None)
+        env["complete"] = complete
+        return write_results("sweep", env, rows, args.out)
+
+    rows, failures = run(args, on_update=save)
+    path = save(rows, failures, complete=True)
     for r in rows:
         print(
             f"{r['backend']:<14} {r['solver']:<9} nfe={r['nfe']:<4} cfg={r['cfg_scale']:<4} "

@@ -1,39 +1,61 @@
 #!/usr/bin/env bash
-# The GPU checks of the engine in as few calls as a lent machine allows (no network there, ~10 min a call).
+# The GPU checks of the engine in as few calls as a lent machine allows: no network there, 15 minutes of device
+# time a session (the machine's start, of a minute or more, included) and at most 10 minutes a call.
 #
 #   scripts/gpu_wheels.sh                          # here, with network: wheels the GPU image lacks -> .whl/
-#   scripts/gpu_session.sh install tests step      # there (carry .whl): one call
-#   scripts/gpu_session.sh goals vae ops           # there, a second call on the same warm machine
+#   scripts/gpu_session.sh                         # there (carry .whl): the first call, the default plan below
+#   scripts/gpu_session.sh vae:120 ops:90 onnx     # a second call, with what device time is left
 #
-# Phases (default: all, in this order):
-#   install  the carried wheels into /tmp/site, then etta_engine itself (editable, builds csrc/ with nvcc)
+# A phase is NAME or NAME:SECONDS, its own time limit (default PHASE_LIMIT_S, 480 s). The call itself has a
+# deadline, DEADLINE_S seconds from its start (default 480): each phase gets at most what is left of it, less
+# RESERVE_S (20 s) for packing the results, and one with under MIN_PHASE_S (30 s) of it left is skipped. So a
+# call never outlives DEADLINE_S by more than its packing, and a `run` with timeout_s = DEADLINE_S + 60 brings
+# back what every phase finished. The benchmarks rewrite their JSON after every row, so a phase stopped at its
+# limit still leaves the rows it had (marked "complete": false).
+#
+# Phases, the default plan's first (in the order of what the engine's goals need):
+#   install  the carried wheels into /tmp/site, then etta_engine itself (editable, builds csrc/ with nvcc for
+#            this GPU's architecture alone)
+#   goals    benchmarks/sweep.py at the issue's goal cells: etta, 10 s, CFG 3.5, NFE 8 and 100, Euler, bf16,
+#            eager and the engine with each ops, then torch.compile's builds (5 timed generations a cell)
+#   step     benchmarks/engine_step.py: the etta DiT step, eager vs engine with torch/Triton/csrc ops with and
+#            without the fused seams, then vs torch.compile, in bf16; then fp32
 #   tests    pytest -m gpu: the kernels, the engine, export and TensorRT tests that need a GPU
-#   step     benchmarks/engine_step.py: the etta DiT step, eager vs engine with torch/Triton/csrc ops, with and
-#            without the fused seams (+ torch.compile), fp32 and bf16
-#   goals    benchmarks/sweep.py at the issue's goal cells: etta, 10 s, CFG 3.5, NFE 8 and 100, Euler, bf16
-#            (then the engine with per-step graphs, and with prompts padded to their length, not 512)
-#   sweep    the full NFE x solver x CFG x backend grid (bf16); the longest phase
+# and the others:
+#   variants the goal cells again with per-step CUDA graphs, and with prompts padded to their length, not 512
 #   vae      benchmarks/vae_precision.py on the etta preset (torch, Triton and csrc Snake-beta) and the demo model
-#   ops      benchmarks/ops.py (every op against eager, torch.compile and SDPA)
-#   onnx     benchmarks/onnx_runtime.py (ONNX Runtime's CUDA provider, fp16 export, cached and plain DiT graphs,
-#            next to torch)
+#   ops      benchmarks/ops.py (every op against eager, torch.compile and SDPA), with its plot
+#   onnx     benchmarks/onnx_runtime.py (fp16 export, cached and plain DiT graphs, next to torch; ONNX Runtime's
+#            rows only where it has the CUDA provider)
 #   train    benchmarks/train_dit_throughput.py (bf16, batch 8)
-# Every phase has a time limit (PHASE_LIMIT_S, default 480 s) and its log; the logs and the result rows it
-# wrote (benchmarks/results/*) are packed into $OUT/gpu_session.tar.gz, so that one fetch brings them back.
+#   sweep    the full NFE x solver x CFG x backend grid (bf16); the longest phase
+# The logs and the result rows written during the call (benchmarks/results/*) are packed into
+# $OUT/gpu_session.tar.gz, so that one fetch brings them back; the goals' table (benchmarks/goals.py) is printed
+# last.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"
 cd "$ROOT"
-PHASES=(install tests step goals vae ops onnx train sweep)  # every phase, in the default order
-phases=("$@")
-[ ${#phases[@]} -eq 0 ] && phases=("${PHASES[@]}")
-for phase in "${phases[@]}"; do
+PHASES=(install goals step tests variants vae ops onnx train sweep)  # every phase
+DEFAULT_PLAN=(install:90 goals:210 step:120 tests:120)
+plan=("$@")
+[ ${#plan[@]} -eq 0 ] && plan=("${DEFAULT_PLAN[@]}")
+for item in "${plan[@]}"; do
+  phase="${item%%:*}"
   if [[ " ${PHASES[*]} " != *" $phase "* ]]; then
     echo "unknown phase '$phase': ${PHASES[*]}" >&2
+    exit 2
+  fi
+  if [[ "$item" == *:* ]] && ! [[ "${item#*:}" =~ ^[1-9][0-9]*$ ]]; then
+    echo "phase '$item': the time limit after ':' must be a whole number of seconds > 0" >&2
     exit 2
   fi
 done
 OUT="${OUT:-$ROOT/outputs/gpu_session}"
 LIMIT="${PHASE_LIMIT_S:-480}"
+DEADLINE="${DEADLINE_S:-480}"
+RESERVE="${RESERVE_S:-20}"
+MIN_PHASE="${MIN_PHASE_S:-30}"
+call_start=$(date +%s)
 mkdir -p "$OUT/logs"
 touch "$OUT/.start"
 export PYTHONUNBUFFERED=1
@@ -42,25 +64,38 @@ install() {
   if compgen -G ".whl/*.whl" >/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   fi
+  # csrc/ for this GPU alone (sm_90 on an H100/H200): half the nvcc work of the default 80;90
+  local cap arch=()
+  cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' .')
+  [[ "$cap" =~ ^[0-9]+$ ]] && arch=(--config-settings="cmake.define.CMAKE_CUDA_ARCHITECTURES=$cap")
   # the image's torch, triton, onnxruntime, transformers, scikit-build-core and pybind11 are used as they are
-  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e .
+  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation "${arch[@]}" -e .
 }
 tests() { "$PY" -m pytest -q -m gpu -p no:cacheprovider; }
-step() {
-  for dtype in fp32 bf16; do
-    "$PY" benchmarks/engine_step.py --preset etta --device cuda --dtype "$dtype" --nfe 100 --compile \
-      --ops torch,triton,cuda --unfused || return
-  done
-}
+GOAL_CELLS=(--model etta --device cuda --dtype bf16 --seconds 10 --nfes 8,100 --solvers euler --cfg-scales 3.5
+  --reference-nfe 200 --reps 5)
 goals() {
-  local cells=(--model etta --device cuda --dtype bf16 --seconds 10 --nfes 8,100 --solvers euler --cfg-scales 3.5)
-  local backends=eager,compile,engine-torch,engine-triton,engine-cuda,engine-compile,onnx,tensorrt
-  # Both runs, whatever the first one's status (a failing backend there still leaves the others' rows).
-  "$PY" benchmarks/sweep.py "${cells[@]}" --backends "$backends"
-  local first=$?
-  "$PY" benchmarks/sweep.py "${cells[@]}" --backends engine-triton,engine-cuda --cuda-graph step || return
-  "$PY" benchmarks/sweep.py "${cells[@]}" --backends engine-triton,engine-cuda --padding longest || return
+  # torch.compile's builds last, in a run of their own: their compilation (minutes at this size) must not cost
+  # the engine's rows if the phase's time runs out
+  local first
+  "$PY" benchmarks/sweep.py "${GOAL_CELLS[@]}" --backends eager,engine-cuda,engine-triton,engine-torch
+  first=$?
+  "$PY" benchmarks/sweep.py "${GOAL_CELLS[@]}" --backends compile,engine-compile || return
   return $first
+}
+variants() {
+  local first
+  "$PY" benchmarks/sweep.py "${GOAL_CELLS[@]}" --backends engine-triton,engine-cuda --cuda-graph step
+  first=$?
+  "$PY" benchmarks/sweep.py "${GOAL_CELLS[@]}" --backends engine-triton,engine-cuda --padding longest || return
+  return $first
+}
+step() {
+  # each run writes its own file: the uncompiled variants first, torch.compile's next (the 3x and 1.5x goals)
+  local common=(--preset etta --device cuda --nfe 100 --reps 20)
+  "$PY" benchmarks/engine_step.py "${common[@]}" --dtype bf16 --ops torch,triton,cuda --unfused || return
+  "$PY" benchmarks/engine_step.py "${common[@]}" --dtype bf16 --ops cuda --compile || return
+  "$PY" benchmarks/engine_step.py "${common[@]}" --dtype fp32 --ops torch,triton,cuda
 }
 sweep() { "$PY" benchmarks/sweep.py --model etta --device cuda --dtype bf16; }
 vae() {
@@ -70,31 +105,54 @@ vae() {
     "$PY" benchmarks/vae_precision.py "${kernels[@]}" --ops cuda &&
     "$PY" benchmarks/vae_precision.py --model demo --device cuda
 }
-ops() { "$PY" benchmarks/ops.py --device cuda; }
-onnx() { "$PY" benchmarks/onnx_runtime.py --preset etta --dtype fp16 --seconds 10 --nfe 100 --device cuda; }
+ops() {
+  "$PY" benchmarks/ops.py --device cuda || return
+  local latest
+  latest=$(ls -t benchmarks/results/ops-*.json | head -n 1)
+  "$PY" benchmarks/plot_ops.py "$latest"
+}
+onnx() {
+  "$PY" benchmarks/onnx_runtime.py --preset etta --dtype fp16 --seconds 10 --nfe 100 --device cuda \
+    --backends onnxruntime,tensorrt,torch
+}
 train() { "$PY" benchmarks/train_dit_throughput.py --preset etta --batch 8 --precision bf16 --device cuda; }
 
 {
   nvidia-smi -L
   "$PY" -c 'import torch, sys; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)'
   git log -1 --format='commit %H' 2>/dev/null
+  echo "plan: ${plan[*]} (deadline ${DEADLINE} s)"
 } >"$OUT/logs/env.txt" 2>&1
 export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 status=0
-for phase in "${phases[@]}"; do
-  echo "== $phase (limit ${LIMIT} s)"
+for item in "${plan[@]}"; do
+  phase="${item%%:*}"
+  limit="$LIMIT"
+  [[ "$item" == *:* ]] && limit="${item#*:}"
+  left=$((DEADLINE - ($(date +%s) - call_start) - RESERVE))
+  if [ "$left" -lt "$MIN_PHASE" ]; then
+    echo "== $phase: skipped, ${left} s left before the call's deadline (${DEADLINE} s)" | tee -a "$OUT/logs/skipped.txt"
+    status=124
+    continue
+  fi
+  [ "$left" -lt "$limit" ] && limit="$left"
+  echo "== $phase (limit ${limit} s)"
   start=$(date +%s)
   export -f "$phase"
-  timeout "$LIMIT" bash -c "PY='$PY'; $phase" >"$OUT/logs/$phase.log" 2>&1
+  timeout "$limit" bash -c "PY='$PY'; GOAL_CELLS=(${GOAL_CELLS[*]}); $phase" >"$OUT/logs/$phase.log" 2>&1
   rc=$?
-  echo "== $phase: exit $rc after $(($(date +%s) - start)) s"
+  echo "== $phase: exit $rc after $(($(date +%s) - start)) s$([ $rc -eq 124 ] && echo ' (its time limit)')"
   tail -n 15 "$OUT/logs/$phase.log"
   [ $rc -ne 0 ] && status=$rc
 done
 new=$(find benchmarks/results -newer "$OUT/.start" -type f 2>/dev/null)
+if [ -n "$new" ]; then
+  # shellcheck disable=SC2086  # $new: one result path per word
+  "$PY" benchmarks/goals.py $new 2>&1 | tee "$OUT/logs/goals_table.txt"
+fi
 members=(-C "$OUT" logs)
 # shellcheck disable=SC2206  # $new: one result path per word
 [ -n "$new" ] && members+=(-C "$ROOT" $new)
 tar -czf "$OUT/gpu_session.tar.gz" "${members[@]}"
-echo "packed: $OUT/gpu_session.tar.gz ($(echo "$new" | grep -c . ) result files)"
+echo "packed: $OUT/gpu_session.tar.gz ($(echo "$new" | grep -c .) result files) after $(($(date +%s) - call_start)) s"
 exit $status

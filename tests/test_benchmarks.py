@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,17 +78,21 @@ def test_engine_step_benchmark_times_each_ops_with_and_without_fused_seams(tmp_p
 
 
 def test_sweep_smoke_and_its_plot(tmp_path):
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "sweep.py"), "--smoke", "--out", str(tmp_path)]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "sweep.py"), "--smoke", "--reps", "2", "--out", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = tmp_path.glob("sweep-*.json")
-    rows = json.loads(path.read_text())["rows"]
+    assert not list(tmp_path.glob(".*.tmp"))  # rewritten atomically after every cell, nothing left behind
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    assert data["environment"]["complete"] is True and data["environment"]["failures"] == []
     cells = {(r["backend"], r["solver"], r["nfe"], r["cfg_scale"]) for r in rows}
     # backends (eager, engine-torch/cuda/compile, onnx, onnx-plain) x solvers x NFE x CFG
     assert len(cells) == len(rows) == 6 * 2 * 2 * 2
     assert "skipping backend 'tensorrt': tensorrt is not installed" in result.stderr
     for r in rows:
         assert r["e2e_ms"] >= r["dit_ms"] > 0 and r["rtf"] > 0
+        assert r["reps"] == 2 and len(r["e2e_ms_all"]) == 2 and r["e2e_ms"] == statistics.median(r["e2e_ms_all"])
         assert (r["runtime"] is None) == (not r["backend"].startswith("onnx"))
     onnx = next(r for r in rows if r["backend"] == "onnx")
     assert onnx["runtime"]["export_dtype"] == "fp32" and onnx["runtime"]["providers"] == ["CPUExecutionProvider"]
@@ -115,11 +123,105 @@ def test_sweep_reports_a_failing_backend_and_keeps_the_others(monkeypatch):
     monkeypatch.setattr(sweep.DiTEngine, "prepare", broken)
     args = argparse.Namespace(model="tiny", device="cpu", dtype="fp32", seconds=0.5, nfes=[2, 4], solvers=["euler"],
                               cfg_scales=[3.5], backends=["eager", "engine-torch"], reference_nfe=8, padding="longest",
-                              cuda_graph="solve", text_encoder=None)  # fmt: skip
+                              cuda_graph="solve", text_encoder=None, reps=1)  # fmt: skip
     rows, failures = sweep.run(args)
     assert [(r["backend"], r["nfe"], r["padding"]) for r in rows] == [("eager", 2, "longest"), ("eager", 4, "longest")]
     cell = {"backend": "engine-torch", "solver": "euler", "nfe": 2, "cfg_scale": 3.5}
     assert failures == [cell | {"error": "RuntimeError('capture failed')"}]
+
+
+def test_sweep_keeps_the_rows_of_a_run_cut_short(monkeypatch, tmp_path):
+    """The file is rewritten after every cell: a sweep stopped mid-way (a phase's time limit on a lent GPU)
+    leaves the rows it had, marked incomplete, with the failures so far."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import sweep
+
+    seen = []
+
+    def interrupted(args, on_update):
+        failure = {"backend": "compile", "solver": "euler", "nfe": 8, "cfg_scale": 3.5, "error": "boom"}
+        on_update([{"backend": "eager", "nfe": 8}], [])
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        on_update([{"backend": "eager", "nfe": 8}, {"backend": "eager", "nfe": 100}], [failure])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run", interrupted)
+    monkeypatch.setattr(sys, "argv", ["sweep.py", "--device", "cpu", "--out", str(tmp_path)])
+    with pytest.raises(KeyboardInterrupt):
+        sweep.main()
+    (path,) = tmp_path.glob("sweep-*.json")
+    assert seen == [[path.name]]  # written after the first cell already, and the same file each time
+    data = json.loads(path.read_text())
+    assert [r["nfe"] for r in data["rows"]] == [8, 100] and data["environment"]["complete"] is False
+    assert data["environment"]["failures"][0]["error"] == "boom"
+
+
+def test_sweep_refuses_bad_reps_and_cpu_provider_rows_on_cuda(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import onnxruntime
+    import sweep
+
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "sweep.py"), "--smoke", "--reps", "0"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 2 and "--reps must be at least 1, got 0" in result.stderr
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    reason = sweep.backend_unusable("onnx-plain", cuda)
+    assert "no CUDAExecutionProvider" in reason and "['CPUExecutionProvider']" in reason
+    assert sweep.backend_unusable("onnx", torch.device("cpu")) is None  # the CPU provider is right on a CPU
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: both)
+    assert sweep.backend_unusable("onnx", cuda) is None
+
+
+def _results(path: Path, benchmark: str, device: str, rows: list[dict]) -> Path:
+    path.write_text(json.dumps({"benchmark": benchmark, "environment": {"device": device}, "rows": rows}))
+    return path
+
+
+def test_goals_table_picks_the_best_matching_row_of_each_goal(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import goals
+
+    def cell(backend, nfe, ms, **kw):
+        row = {"model": "etta", "solver": "euler", "nfe": nfe, "cfg_scale": 3.5, "seconds": 10.0, "dtype": "bf16"}
+        return row | {"backend": backend, "e2e_ms": ms} | kw
+
+    def step(variant, ms, dtype="bf16"):
+        return {"preset": "etta", "variant": variant, "ms": ms, "dtype": dtype}
+
+    gpu = "NVIDIA H200"
+    files = [
+        _results(tmp_path / "a.json", "sweep", gpu, [cell("eager", 100, 900.0), cell("engine-cuda", 100, 110.0),
+                                                    cell("engine-cuda", 8, 21.0), cell("engine-cuda", 4, 1.0),
+                                                    cell("engine-cuda", 8, 2.0, cfg_scale=1.0)]),
+        _results(tmp_path / "b.json", "sweep", gpu, [cell("engine-triton", 100, 118.0),
+                                                    cell("engine-triton", 8, 19.0)]),
+        _results(tmp_path / "cpu.json", "sweep", "cpu: AMD EPYC", [cell("engine-torch", 8, 5.0)]),  # not a GPU's
+        _results(tmp_path / "c.json", "engine_step", gpu, [step("reference", 10.0), step("engine-cuda", 4.0),
+                                                           step("engine-cuda-unfused", 1.0)]),
+        _results(tmp_path / "d.json", "engine_step", gpu, [step("reference", 12.0), step("engine", 3.0),
+                                                           step("compile", 6.0), step("engine-compile", 4.0)]),
+        _results(tmp_path / "e.json", "engine_step", "cpu: AMD EPYC", [step("reference", 5000.0, "fp32"),
+                                                                       step("engine-torch", 4400.0, "fp32")]),
+        _results(tmp_path / "ops.json", "ops", gpu, [{"op": "gelu_tanh"}]),
+    ]  # fmt: skip
+    (tmp_path / "broken.json").write_text("{")
+    goals.main([str(p) for p in [*files, tmp_path / "broken.json"]])
+    out = capsys.readouterr()
+    lines = {line[:34].strip(): line for line in out.out.splitlines()[1:]}
+    assert "passing over" in out.err and "broken.json" in out.err
+    assert "110.0 ms" in lines["end to end, Euler NFE 100"] and " met " in lines["end to end, Euler NFE 100"]
+    assert "engine-cuda bf16 on NVIDIA H200" in lines["end to end, Euler NFE 100"]
+    nfe8 = lines["end to end, Euler NFE 8"]  # the NFE 4, CFG-off and CPU rows are not the goal's cells
+    assert "19.0 ms" in nfe8 and "NOT met" in nfe8 and "(b.json)" in nfe8
+    eager = lines["DiT step vs eager (GPU)"]  # 12 / 3 (d.json) beats 10 / 4 (c.json); unfused rows excluded
+    assert "4.00x" in eager and " met " in eager and "engine bf16 3.00 ms vs reference 12.00 ms" in eager
+    vs_compile = lines["DiT step vs torch.compile (GPU)"]
+    assert "2.00x" in vs_compile and "(d.json)" in vs_compile
+    assert "1.14x" in lines["DiT step vs eager (CPU, etta fp32)"]
+    goals.main([str(files[-1])])
+    assert capsys.readouterr().out.count("unmeasured") == 5
 
 
 def test_vae_precision_benchmark_writes_rows(tmp_path):
@@ -155,7 +257,13 @@ def test_a_preset_without_its_pretrained_t5_here_gets_a_random_stand_in(monkeypa
     tiny = PRESETS["tiny"]
     text = dataclasses.replace(tiny.text, pretrained="/nonexistent/google-t5/t5-base")
     monkeypatch.setitem(PRESETS, "tiny-t5", dataclasses.replace(tiny, name="tiny-t5", text=text))
+    from etta_engine.models.model import ETTAModel
+
+    builds = []
+    from_preset = ETTAModel.from_preset.__func__
+    monkeypatch.setattr(ETTAModel, "from_preset", classmethod(lambda cls, *a: builds.append(a) or from_preset(cls, *a)))
     model, info = benchmark_model("tiny-t5")
+    assert builds == [("tiny-t5",)]  # drawn once (the etta preset's weights take a while), not again after T5
     assert "random stand-in for /nonexistent/google-t5/t5-base" in info and "random encoder" in capsys.readouterr().out
     t5 = model.text_encoder.model.config
     assert (t5.num_layers, t5.num_heads, t5.d_kv, t5.d_ff) == tuple(

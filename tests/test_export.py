@@ -415,3 +415,16 @@ def test_runtime_benchmark_smoke_writes_rows(onnx_dir, tmp_path):
     assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the stages, plotted
     total = next(r for r in rows if r["backend"] == "onnxruntime" and r["stage"] == "total")
     assert total["rtf"] == pytest.approx(total["ms_median"] / 1000 / 1.0)
+
+
+def test_runtime_benchmark_refuses_cpu_provider_rows_on_a_cuda_device(tmp_path):
+    """On a GPU machine whose onnxruntime has no CUDA provider the ORT rows would time the CPU under the GPU's
+    name: they are left out with the reason, and with no other backend nothing is exported or written."""
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "onnx_runtime.py"), "--preset", "tiny", "--device", "cuda",
+           "--backends", "onnxruntime", "--out", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"no CUDAExecutionProvider (only {ort.get_available_providers()})" in result.stdout
+    assert "no backend left to time" in result.stderr and not list(tmp_path.iterdir())

@@ -13,16 +13,19 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gpu_session.sh"
 
 
-def run(tmp_path: Path, *phases: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, PHASE_LIMIT_S="120")
+def run(tmp_path: Path, *phases: str, **env: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, PHASE_LIMIT_S="120") | env
     return subprocess.run(["bash", str(SCRIPT), *phases], env=env, capture_output=True, text=True, cwd=ROOT)
 
 
 def test_unknown_phase_is_refused_with_the_list(tmp_path):
     out = run(tmp_path, "tests", "benchmark")  # refused before any phase runs
     assert out.returncode == 2
-    assert "unknown phase 'benchmark'" in out.stderr and "install tests step goals" in out.stderr
+    assert "unknown phase 'benchmark'" in out.stderr and "install goals step tests" in out.stderr
     assert "== tests" not in out.stdout and not (tmp_path / "logs").exists()  # nothing written
+    out = run(tmp_path, "tests:2m")
+    assert out.returncode == 2 and "phase 'tests:2m': the time limit after ':' must be a whole number" in out.stderr
+    assert not (tmp_path / "logs").exists()
 
 
 def test_tests_phase_packs_its_log_and_the_environment(tmp_path):
@@ -36,3 +39,31 @@ def test_tests_phase_packs_its_log_and_the_environment(tmp_path):
         env = tar.extractfile("logs/env.txt").read().decode()
     assert "skipped" in log and "passed" not in log  # without CUDA every GPU test skips, none runs
     assert "torch" in env and "commit" in env
+
+
+def test_a_phase_stops_at_its_own_limit_and_the_call_packs_what_it_has(tmp_path):
+    out = run(tmp_path, "tests:1")  # pytest cannot even import torch in a second
+    assert out.returncode == 124
+    assert "== tests (limit 1 s)" in out.stdout and "== tests: exit 124 after" in out.stdout
+    assert "(its time limit)" in out.stdout
+    with tarfile.open(tmp_path / "gpu_session.tar.gz") as tar:
+        assert {"logs/env.txt", "logs/tests.log"} <= set(tar.getnames())
+        assert "plan: tests:1 (deadline 480 s)" in tar.extractfile("logs/env.txt").read().decode()
+
+
+def test_phases_past_the_calls_deadline_are_skipped_not_started(tmp_path):
+    """With DEADLINE_S spent, no phase starts (each is named as skipped) and the archive still comes back."""
+    out = run(tmp_path, "tests", "goals:60", DEADLINE_S="10", RESERVE_S="5", MIN_PHASE_S="30")
+    assert out.returncode == 124
+    assert "== tests: skipped" in out.stdout and "== goals: skipped" in out.stdout
+    assert "== tests (" not in out.stdout and "== goals (" not in out.stdout
+    with tarfile.open(tmp_path / "gpu_session.tar.gz") as tar:
+        skipped = tar.extractfile("logs/skipped.txt").read().decode()
+    assert "before the call's deadline (10 s)" in skipped and "tests.log" not in str(tmp_path.iterdir())
+
+
+def test_a_phase_gets_no_more_than_what_is_left_of_the_deadline(tmp_path):
+    out = run(tmp_path, "tests:400", DEADLINE_S="100", RESERVE_S="20", MIN_PHASE_S="30")
+    limit = int(out.stdout.split("== tests (limit ")[1].split(" s)")[0])
+    assert 70 <= limit <= 80  # 100 - 20 (reserve) - the seconds already spent, not the phase's own 400
+    assert out.returncode == 0, out.stdout + out.stderr

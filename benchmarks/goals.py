@@ -1,0 +1,129 @@
+"""Where do measured rows stand against the engine's goals? Reads sweep and engine_step results (other files are
+passed over) and prints one line per goal: its target, the best measured value, which backend or variant gave
+it, the file, and whether the goal is met.
+
+The goals (one GPU, the ``etta`` preset, batch 1, 10 s, CFG 3.5, Euler):
+- end to end at NFE 100 <= 120 ms, and at NFE 8 <= 15 ms (sweep rows);
+- the engine's DiT step at least 3x the eager reference and 1.5x its ``torch.compile`` build (engine_step rows
+  of one run, so that both sides saw the same machine);
+- on a CPU, the engine's step at the etta size in fp32 at least 1.10x the eager reference.
+
+    python benchmarks/goals.py benchmarks/results/sweep-nvidia-h200-*.json benchmarks/results/engine_step-*.json
+    python benchmarks/goals.py            # every result file in benchmarks/results
+
+Goals with no matching rows are listed as unmeasured; the exit status is 0 either way (this is a report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+E2E_GOALS = {100: 120.0, 8: 15.0}  # NFE -> end-to-end milliseconds
+STEP_VS_EAGER, STEP_VS_COMPILE, CPU_STEP_VS_EAGER = 3.0, 1.5, 1.10
+
+
+@dataclass
+class Result:
+    goal: str
+    target: str
+    value: float | None = None  # the best measured (ms, or a speed-up)
+    unit: str = ""
+    source: str = ""  # backend or variant, dtype, device
+    file: str = ""
+    met: bool | None = None  # None: unmeasured
+
+    def line(self) -> str:
+        if self.value is None:
+            return f"{self.goal:<34} {self.target:<10} {'unmeasured':<12}"
+        verdict = "met" if self.met else "NOT met"
+        value = f"{self.value:.1f} ms" if self.unit == "ms" else f"{self.value:.2f}x"
+        return f"{self.goal:<34} {self.target:<10} {value:<12} {verdict:<8} {self.source}  ({self.file})"
+
+
+def load(paths: list[Path]) -> list[tuple[Path, dict]]:
+    """(path, data) of every JSON file among ``paths`` that holds benchmark rows; unreadable files are named."""
+    out = []
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"passing over {path}: {e}", file=sys.stderr)
+            continue
+        if isinstance(data, dict) and "rows" in data and "environment" in data:
+            out.append((path, data))
+    return out
+
+
+def _is_gpu(env: dict) -> bool:
+    return not str(env.get("device", "cpu")).startswith("cpu")
+
+
+def e2e_goals(files: list[tuple[Path, dict]]) -> list[Result]:
+    results = []
+    for nfe, target in E2E_GOALS.items():
+        best = Result(f"end to end, Euler NFE {nfe}", f"<= {target:g} ms")
+        for path, data in files:
+            env = data["environment"]
+            if data.get("benchmark") != "sweep" or not _is_gpu(env):
+                continue
+            for r in data["rows"]:
+                cell = (r.get("model"), r.get("solver"), r.get("nfe"), r.get("cfg_scale"), r.get("seconds"))
+                if cell != ("etta", "euler", nfe, 3.5, 10.0):
+                    continue
+                if best.value is not None and r["e2e_ms"] >= best.value:
+                    continue
+                best.value, best.unit, best.file = r["e2e_ms"], "ms", path.name
+                best.source = f"{r['backend']} {r['dtype']} on {env['device']}"
+                best.met = r["e2e_ms"] <= target
+        results.append(best)
+    return results
+
+
+def step_goals(files: list[tuple[Path, dict]]) -> list[Result]:
+    vs_eager = Result("DiT step vs eager (GPU)", f">= {STEP_VS_EAGER:g}x")
+    vs_compile = Result("DiT step vs torch.compile (GPU)", f">= {STEP_VS_COMPILE:g}x")
+    cpu = Result("DiT step vs eager (CPU, etta fp32)", f">= {CPU_STEP_VS_EAGER:g}x")
+    for path, data in files:
+        env = data["environment"]
+        if data.get("benchmark") != "engine_step":
+            continue
+        rows = [r for r in data["rows"] if r.get("preset") == "etta"]
+        ms = {r["variant"]: r["ms"] for r in rows}
+        engines = {v: t for v, t in ms.items() if v.startswith("engine") and "unfused" not in v}
+        if "reference" not in ms or not engines:
+            continue
+        name, fastest = min(engines.items(), key=lambda kv: kv[1])
+        dtype = rows[0]["dtype"]
+        checks = [(vs_eager, "reference", STEP_VS_EAGER)] if _is_gpu(env) else []
+        if _is_gpu(env) and "compile" in ms:
+            checks.append((vs_compile, "compile", STEP_VS_COMPILE))
+        if not _is_gpu(env) and dtype == "fp32":
+            checks.append((cpu, "reference", CPU_STEP_VS_EAGER))
+        for result, baseline, target in checks:
+            speedup = ms[baseline] / fastest
+            if result.value is None or speedup > result.value:
+                result.value, result.unit, result.file = speedup, "x", path.name
+                timing = f"{fastest:.2f} ms vs {baseline} {ms[baseline]:.2f} ms"
+                result.source = f"{name} {dtype} {timing} on {env['device']}"
+                result.met = speedup >= target
+    return [vs_eager, vs_compile, cpu]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="*", type=Path, help="result files (default: all of benchmarks/results)")
+    args = parser.parse_args(argv)
+    paths = args.files or sorted(RESULTS.glob("*.json"))
+    files = load(paths)
+    print(f"{'goal':<34} {'target':<10} {'best':<12}")
+    for result in e2e_goals(files) + step_goals(files):
+        print(result.line())
+
+
+if __name__ == "__main__":
+    main()
