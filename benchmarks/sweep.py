@@ -1,7 +1,9 @@
 """What does each NFE, solver, guidance setting and backend cost, and what quality does it buy? Text to audio
 with a preset's model, every combination timed by stage (text encoder, DiT loop, VAE decode) with its
 distance to a high-accuracy solution from the same noise (rk4 at --reference-nfe calls, eager, fp32 maths):
-the latent RMSE (relative) and a multi-resolution spectral distance of the decoded audio.
+the latent RMSE (relative) and a multi-resolution spectral distance of the decoded audio. The timed rows run
+the DiT in ``--dtype``, the VAE decoder in ``--vae-dtype`` and T5 in ``--text-dtype`` (the reference runs all
+three in fp32, so the error includes what each precision costs).
 
 Backends: ``eager`` (the model called per step), ``compile`` (``torch.compile`` of the DiT), and the engine
 (:mod:`etta_engine.engine`: hoisted adaLN/K-V/timestep work, skipped uncond cross-attention) with the torch,
@@ -174,31 +176,33 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict, on_updat
     the failures: a backend that raises is reported (its first error) and skipped for the rest of the sweep,
     so that it does not cost the other backends' rows. Each cell is one untimed warm-up generation, then
     ``args.reps`` timed ones: the row's stage times are their medians."""
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    model.dit.to(dtype)
+    device = torch.device(args.device)
     mcfg = model.cfg
     frames = max(1, round(args.seconds * mcfg.latent_rate))
     prompts = ["a dog barks twice, then rain on a tin roof"]
-    noise = torch.randn(1, mcfg.dit.io_channels, frames, generator=torch.Generator().manual_seed(0)).to(device, dtype)
-    compiled = torch.compile(model.dit) if "compile" in backends else None
-    graphs = CUDA_GRAPH_MODES[args.cuda_graph]
-    engines = {b: make_engine(b, model.dit, graphs) for b in backends if b.startswith("engine-")}
+    noise = torch.randn(1, mcfg.dit.io_channels, frames, generator=torch.Generator().manual_seed(0)).to(device)
     mrstft = MultiResolutionSTFTLoss().to(device)
+    graphs = CUDA_GRAPH_MODES[args.cuda_graph]
+    compiled, engines = None, {}  # made once the model has its precision
 
     def generate(backend: str, solver: str, nfe: int, scale: float):
-        """(latents, decoded audio, stage times in ms) of one generation."""
+        """(latents, decoded audio, stage times in ms) of one generation, in the precision the model has now."""
         if backend in pipelines:
             return generate_runtime(pipelines[backend], solver, nfe, scale)
-        cond, text_ms = timed(device, lambda: model.condition(prompts, 0.0, args.seconds, padding=args.padding))
+        dtype = model.dit.dtype
+        # The engine backends run the text encoder as the Pipeline does: replayed from a CUDA graph on a GPU.
+        encode = dict(padding=args.padding, cuda_graph=backend.startswith("engine"))
+        cond, text_ms = timed(device, lambda: model.condition(prompts, 0.0, args.seconds, **encode))
         cond = DiTConditioning(cond.context.to(dtype), cond.context_mask, cond.global_cond.to(dtype))
         guided = scale != 1.0
         null = DiTConditioning(torch.zeros_like(cond.context), cond.context_mask, cond.global_cond)
         both = DiTConditioning(*(torch.cat(p) for p in zip(cond, null, strict=True))) if guided else cond
+        x0 = noise.to(dtype)
 
         def loop():
             times = evaluation_times(solver, nfe) if backend.startswith("engine") else []
             fn = velocity_fn(backend, model, both, times, compiled, engines)
-            return sample_graphed(cfg(fn, scale) if guided else fn, noise, solver=solver, nfe=nfe).x
+            return sample_graphed(cfg(fn, scale) if guided else fn, x0, solver=solver, nfe=nfe).x
 
         x, dit_ms = timed(device, loop)
         model.vae.set_ops(VAE_OPS.get(backend, "auto"))  # the engine's kernels decode too
@@ -226,8 +230,13 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict, on_updat
     ]
     references = {}
     with torch.no_grad():
-        for scale in args.cfg_scales:  # the high-accuracy solution of each guidance setting
+        for scale in args.cfg_scales:  # the high-accuracy solution of each guidance setting, all in fp32
             references[scale] = generate("eager", "rk4", args.reference_nfe, scale)[:2]
+        model.dit.to(DTYPES[args.dtype])
+        model.vae.to(DTYPES[args.vae_dtype])
+        model.text_encoder.to(DTYPES[args.text_dtype])
+        compiled = torch.compile(model.dit) if "compile" in backends else None
+        engines = {b: make_engine(b, model.dit, graphs) for b in backends if b.startswith("engine-")}
         for backend, solver, nfe, scale in tqdm(cells, desc="sweep", unit="cell"):
             if any(f["backend"] == backend for f in failures):
                 continue
@@ -263,6 +272,9 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict, on_updat
                     "nfe": nfe,
                     "cfg_scale": scale,
                     "dtype": args.dtype,
+                    "vae_dtype": None if backend in pipelines else args.vae_dtype,  # runtime: the export's
+                    "text_dtype": None if backend in pipelines else args.text_dtype,
+                    "text_cuda_graph": backend.startswith("engine") and device.type == "cuda",
                     "padding": args.padding,
                     "cuda_graph": args.cuda_graph if backend in engines and device.type == "cuda" else None,
                     "runtime": _runtime_info(pipelines.get(backend)),
@@ -309,7 +321,9 @@ def main() -> None:
     parser.add_argument("--text-encoder", default=None, help="local T5 directory (default: the model's own, or for "
                         "a preset without it here a random encoder of its size)")  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="the DiT's precision")
+    parser.add_argument("--vae-dtype", choices=sorted(DTYPES), default="fp32", help="the VAE decoder's (official)")
+    parser.add_argument("--text-dtype", choices=["bf16", "fp32"], default="fp32", help="the T5 encoder's")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--nfes", type=lambda s: [int(v) for v in s.split(",")], default=list(NFES))
     parser.add_argument("--solvers", type=lambda s: s.split(","), default=list(SOLVERS))

@@ -23,12 +23,15 @@ def _generate_with_runtime(args: argparse.Namespace) -> int:
         "--device": args.device,
         "--adapter": args.adapter,
         "--audio-prompt": args.audio_prompt,
+        "--dtype": args.dtype,
+        "--vae-dtype": args.vae_dtype,
+        "--text-dtype": args.text_dtype,
     }
     used = [flag for flag, value in torch_only.items() if value]
     if used:
         raise SystemExit(
             f"etta generate: {', '.join(used)} need --backend torch (the exported graphs have no VAE encoder; "
-            "the device is chosen by the runtime's providers)"
+            "the device is chosen by the runtime's providers; the precision was fixed by `etta export --dtype`)"
         )
     from etta_engine.runtime.cli import generate_from_args
 
@@ -51,8 +54,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.audio_prompt and not args.adapter:
         raise SystemExit("etta generate: --audio-prompt needs --adapter (an audio-prompt adapter checkpoint)")
     pipe = Pipeline.from_pretrained(args.model, device=args.device, text_encoder_path=args.text_encoder)
-    if args.adapter:
+    if args.adapter:  # loaded in the model's precision, then cast with the DiT
         pipe.load_adapter(args.adapter)
+    pipe.set_precision(args.dtype, vae=args.vae_dtype, text=args.text_dtype)
     audio = pipe.generate(
         prompts,
         seconds=args.seconds,
@@ -86,6 +90,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     output = check_output(args.output, "etta edit")
     pipe = Pipeline.from_pretrained(args.model, device=args.device, text_encoder_path=args.text_encoder)
+    pipe.set_precision(args.dtype, vae=args.vae_dtype, text=args.text_dtype)
     clip = load_audio(args.input, pipe.cfg.sample_rate, pipe.cfg.vae.audio_channels)
     audio = pipe.edit(
         clip,
@@ -102,6 +107,14 @@ def cmd_edit(args: argparse.Namespace) -> int:
     path = audio.save(output)
     print(f"wrote {path} ({audio.seconds:.2f} s, {audio.sample_rate} Hz, {audio.waveform.shape[1]} ch)")
     return 0
+
+
+def add_precision_args(g: argparse.ArgumentParser) -> None:
+    """--dtype, --vae-dtype, --text-dtype: Pipeline.set_precision (None: as the model is, fp32)."""
+    choices = ("fp32", "bf16", "fp16")
+    g.add_argument("--dtype", default=None, choices=choices, help="DiT compute precision (fp16: overflow-guarded)")
+    g.add_argument("--vae-dtype", default=None, choices=choices, help="VAE decoder precision (official: fp32)")
+    g.add_argument("--text-dtype", default=None, choices=choices[:2], help="T5 encoder precision (fp16 overflows)")
 
 
 def _region(text: str) -> tuple[float, float]:
@@ -360,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--audio-prompt", default=None, help="with --adapter: an audio file whose sound to follow")
     g.add_argument("--audio-prompt-scale", type=float, default=1.0, help="weight of --audio-prompt (0: ignore it)")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    add_precision_args(g)
     add_runtime_args(g)
     g.set_defaults(func=cmd_generate)
 
@@ -379,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--inversion-cfg-scale", type=float, default=1.0)
     ed.add_argument("--text-encoder", default=None)
     ed.add_argument("--device", default=None)
+    add_precision_args(ed)
     ed.add_argument("--quiet", action="store_true")
     ed.set_defaults(func=cmd_edit)
 

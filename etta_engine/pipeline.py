@@ -73,8 +73,32 @@ class Audio:
         return atomic_write(path, lambda tmp: sf.write(tmp, data, self.sample_rate, subtype=subtype, format="WAV"))
 
 
+# Compute dtypes by name. The DiT in bf16 keeps the fp32 islands it trains with (timestep features, adaLN
+# inputs, LayerNorm statistics); in fp16 the engine adds its overflow guards. T5 overflows in fp16.
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TEXT_PRECISIONS = ("fp32", "bf16")
+
+
+def precision_dtype(value: str | torch.dtype, part: str, allowed: Sequence[str] = tuple(PRECISIONS)) -> torch.dtype:
+    """The torch dtype of a precision name (or dtype) for ``part``, with an error naming the allowed ones."""
+    names = {dtype: name for name, dtype in PRECISIONS.items()}
+    name = names.get(value) if isinstance(value, torch.dtype) else value
+    if name not in allowed:
+        why = " (T5 overflows in fp16)" if part == "text" and name == "fp16" else ""
+        raise ValueError(f"{part} precision {value!r} is not supported{why}; choices: {list(allowed)}")
+    return PRECISIONS[name]
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    return {d: n for n, d in PRECISIONS.items()}.get(dtype, str(dtype))
+
+
 class Pipeline:
-    """Text-to-audio generation with an :class:`ETTAModel` (and optionally a weaker model for autoguidance)."""
+    """Text-to-audio generation with an :class:`ETTAModel` (and optionally a weaker model for autoguidance).
+
+    ``dtype``, ``vae_dtype``, ``text_dtype``: compute precision of the DiT, the VAE decoder and the T5 encoder
+    ("fp32", "bf16", "fp16" or torch dtypes; None leaves a part as the model has it); see :meth:`set_precision`.
+    """
 
     # Run the DiT through etta_engine.engine (hoisted adaLN, prompt K/V, skipped uncond cross-attention) for the
     # fixed-step solvers; False runs the plain model at every call (the reference path).
@@ -86,11 +110,19 @@ class Pipeline:
     cuda_graphs: bool | str = True
 
     def __init__(
-        self, model: ETTAModel, *, device: str | torch.device | None = None, bad_model: ETTAModel | None = None
+        self,
+        model: ETTAModel,
+        *,
+        device: str | torch.device | None = None,
+        bad_model: ETTAModel | None = None,
+        dtype: str | torch.dtype | None = None,
+        vae_dtype: str | torch.dtype | None = None,
+        text_dtype: str | torch.dtype | None = None,
     ) -> None:
         for name, m in (("model", model), ("bad_model", bad_model)):
             if m is not None and not isinstance(m, ETTAModel):
                 raise TypeError(f"{name} must be an ETTAModel, got {type(m).__name__}")
+        self._check_precision(dtype, vae_dtype, text_dtype)  # before anything moves
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.bad_model = None if bad_model is None else bad_model.to(self.device).eval()
@@ -98,6 +130,54 @@ class Pipeline:
         self._engines: dict[int, DiTEngine] = {}  # id(dit) -> its engine, which keeps the captured CUDA graphs
         self.adapter: AudioAdapter | None = None
         self.audio_provider: EmbeddingProvider | None = None
+        self.set_precision(dtype, vae=vae_dtype, text=text_dtype)
+
+    @staticmethod
+    def _check_precision(dit, vae, text) -> tuple[torch.dtype | None, ...]:
+        return (
+            None if dit is None else precision_dtype(dit, "DiT"),
+            None if vae is None else precision_dtype(vae, "VAE"),
+            None if text is None else precision_dtype(text, "text", TEXT_PRECISIONS),
+        )
+
+    def set_precision(
+        self,
+        dit: str | torch.dtype | None = None,
+        *,
+        vae: str | torch.dtype | None = None,
+        text: str | torch.dtype | None = None,
+    ) -> Pipeline:
+        """Cast the model's parts to compute dtypes, in place; None leaves a part as it is.
+
+        dit: "fp32", "bf16" (with the fp32 islands of training) or "fp16" (the engine's overflow guards keep it
+        finite where the official fp16 path overflows); autoguidance's weaker model and a loaded adapter follow.
+        vae: the decoder (and encoder): the official decodes in fp32; ``benchmarks/vae_precision.py`` measures
+        what bf16 and fp16 cost. text: the T5 encoder, "fp32" or "bf16" (T5 overflows in fp16).
+        All three are checked before anything is cast. Returns the pipeline."""
+        dit_dtype, vae_dtype, text_dtype = self._check_precision(dit, vae, text)
+        if text_dtype is not None and self.model.text_encoder is None:
+            raise RuntimeError(f"model {self.cfg.name!r} has no text encoder loaded to cast to {text}")
+        if dit_dtype is not None:
+            for m in (self.model, self.bad_model):
+                if m is not None:
+                    m.dit.to(dit_dtype)
+            if self.adapter is not None:
+                self.adapter.to(dit_dtype)
+        if vae_dtype is not None:
+            self.model.vae.to(vae_dtype)
+        if text_dtype is not None:
+            self.model.text_encoder.to(text_dtype)
+        return self
+
+    @property
+    def precision(self) -> dict[str, str | None]:
+        """The compute dtype of each part by name: {"dit": ..., "vae": ..., "text": ...} (text None: no encoder)."""
+        text = self.model.text_encoder
+        return {
+            "dit": precision_name(self.model.dit.dtype),
+            "vae": precision_name(self.model.vae.dtype),
+            "text": None if text is None else precision_name(next(text.parameters()).dtype),
+        }
 
     @classmethod
     def from_pretrained(
@@ -106,12 +186,18 @@ class Pipeline:
         *,
         device: str | torch.device | None = None,
         text_encoder_path: str | os.PathLike | None = None,
+        **precision: str | torch.dtype | None,
     ) -> Pipeline:
         """A shipped trained model (``"demo"``, the default; loads offline), a preset name (random weights,
-        seed 0) or a checkpoint file (ours or an official ETTA one)."""
+        seed 0) or a checkpoint file (ours or an official ETTA one). ``precision``: ``dtype``, ``vae_dtype``,
+        ``text_dtype`` as for the constructor."""
+        unknown = sorted(set(precision) - {"dtype", "vae_dtype", "text_dtype"})
+        if unknown:
+            raise TypeError(f"unexpected arguments {unknown}; precision arguments: dtype, vae_dtype, text_dtype")
+        cls._check_precision(*(precision.get(k) for k in ("dtype", "vae_dtype", "text_dtype")))  # before loading
         if isinstance(name_or_path, str) and name_or_path in PRESETS and not is_pretrained(name_or_path):
             log.warning("preset %r has random weights: the output is noise-like, not a trained model's", name_or_path)
-        return cls(load_model(name_or_path, text_encoder_path), device=device)
+        return cls(load_model(name_or_path, text_encoder_path), device=device, **precision)
 
     @classmethod
     def from_adapter(

@@ -123,11 +123,34 @@ def test_sweep_reports_a_failing_backend_and_keeps_the_others(monkeypatch):
     monkeypatch.setattr(sweep.DiTEngine, "prepare", broken)
     args = argparse.Namespace(model="tiny", device="cpu", dtype="fp32", seconds=0.5, nfes=[2, 4], solvers=["euler"],
                               cfg_scales=[3.5], backends=["eager", "engine-torch"], reference_nfe=8, padding="longest",
-                              cuda_graph="solve", text_encoder=None, reps=1)  # fmt: skip
+                              cuda_graph="solve", text_encoder=None, reps=1,
+                              vae_dtype="fp32", text_dtype="fp32")  # fmt: skip
     rows, failures = sweep.run(args)
     assert [(r["backend"], r["nfe"], r["padding"]) for r in rows] == [("eager", 2, "longest"), ("eager", 4, "longest")]
     cell = {"backend": "engine-torch", "solver": "euler", "nfe": 2, "cfg_scale": 3.5}
     assert failures == [cell | {"error": "RuntimeError('capture failed')"}]
+
+
+def test_sweep_reference_is_fp32_so_the_error_includes_each_precisions_cost(monkeypatch):
+    """The reference solution runs every part in fp32: the reference's own solver and NFE err exactly zero in
+    fp32, and by what bf16 costs with the DiT, the VAE decoder and T5 in bf16 (the rows say which ran)."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import sweep
+
+    errors = {}
+    for dtype in ("fp32", "bf16"):
+        args = argparse.Namespace(model="tiny", device="cpu", dtype=dtype, vae_dtype=dtype, text_dtype=dtype,
+                                  seconds=0.5, nfes=[8], solvers=["rk4"], cfg_scales=[3.5], backends=["eager"],
+                                  reference_nfe=8, padding="longest", cuda_graph="solve", text_encoder=None,
+                                  reps=1)  # fmt: skip
+        (row,), failures = sweep.run(args)
+        assert not failures and (row["dtype"], row["vae_dtype"], row["text_dtype"]) == (dtype, dtype, dtype)
+        assert row["text_cuda_graph"] is False
+        errors[dtype] = (row["latent_rel_rmse"], row["spectral_distance"])
+    assert errors["fp32"] == (0.0, 0.0)
+    assert 1e-3 < errors["bf16"][0] < 0.1 and errors["bf16"][1] > 0
 
 
 def test_sweep_keeps_the_rows_of_a_run_cut_short(monkeypatch, tmp_path):

@@ -48,7 +48,7 @@ def test_a_phase_stops_at_its_own_limit_and_the_call_packs_what_it_has(tmp_path)
     assert "(its time limit)" in out.stdout
     with tarfile.open(tmp_path / "gpu_session.tar.gz") as tar:
         assert {"logs/env.txt", "logs/tests.log"} <= set(tar.getnames())
-        assert "plan: tests:1 (deadline 480 s)" in tar.extractfile("logs/env.txt").read().decode()
+        assert "plan: tests:1 (deadline 510 s)" in tar.extractfile("logs/env.txt").read().decode()
 
 
 def test_phases_past_the_calls_deadline_are_skipped_not_started(tmp_path):

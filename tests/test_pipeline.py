@@ -243,3 +243,65 @@ def test_engine_path_equals_the_plain_model_path(pipe, solver):
         finally:
             pipe.use_engine = True
         assert (fast - plain).abs().max() <= 1e-4 * plain.abs().max()
+
+
+@pytest.fixture(scope="module")
+def fp32_model() -> E.ETTAModel:
+    model = E.ETTAModel.from_preset("tiny")
+    randomize_(model.dit, std=0.2)
+    return model
+
+
+@pytest.mark.parametrize(("dit", "vae", "text"), [("bf16", "bf16", "bf16"), ("fp16", "fp32", "fp32")])
+def test_precision_modes_cast_each_part_and_stay_close_to_fp32(fp32_model, dit, vae, text):
+    import copy
+
+    kw = dict(seconds=1.0, nfe=4, cfg_scale=3.5, progress=False, seed=1)
+    reference = Pipeline(fp32_model, device="cpu").generate(["rain on a roof"], **kw).waveform
+    low = Pipeline(copy.deepcopy(fp32_model), device="cpu", dtype=dit, vae_dtype=vae, text_dtype=text)
+    assert low.precision == {"dit": dit, "vae": vae, "text": text}
+    names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    assert low.model.dit.blocks[0].self_attn.qkv.weight.dtype == names[dit]
+    assert next(low.model.text_encoder.parameters()).dtype == names[text]
+    out = low.generate(["rain on a roof"], **kw).waveform
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    err = ((out - reference).norm() / reference.norm()).item()
+    # the low precision ran (not the fp32 result) and stays near it: bf16 keeps 8 mantissa bits, fp16 11
+    assert 1e-5 < err < {"bf16": 0.05, "fp16": 0.005}[dit], err
+
+
+def test_bad_precisions_are_refused_before_anything_is_cast(fp32_model):
+    import copy
+
+    pipe = Pipeline(copy.deepcopy(fp32_model), device="cpu")
+    with pytest.raises(ValueError, match=r"DiT precision 'fp8' is not supported; choices: \['fp32', 'bf16', 'fp16'\]"):
+        pipe.set_precision("fp8")
+    with pytest.raises(ValueError, match=r"text precision 'fp16' is not supported \(T5 overflows in fp16\)"):
+        pipe.set_precision("bf16", vae="bf16", text="fp16")
+    with pytest.raises(ValueError, match="VAE precision torch.int8 is not supported"):
+        pipe.set_precision(vae=torch.int8)
+    assert pipe.precision == {"dit": "fp32", "vae": "fp32", "text": "fp32"}  # nothing was cast
+    with pytest.raises(ValueError, match="DiT precision 'half'"):
+        Pipeline(fp32_model, device="cpu", dtype="half")
+    with pytest.raises(TypeError, match=r"unexpected arguments \['precision'\]"):
+        Pipeline.from_pretrained("demo", device="cpu", precision="bf16")
+    with pytest.raises(ValueError, match="text precision 'fp16'"):  # checked before the model is loaded
+        Pipeline.from_pretrained("/no/such/checkpoint", text_dtype="fp16")
+    assert pipe.set_precision(torch.bfloat16) is pipe and pipe.precision["dit"] == "bf16"
+
+
+def test_cli_generate_in_bf16_and_precision_flags_refused_on_exports(tmp_path):
+    out = tmp_path / "bf16.wav"
+    cmd = [ETTA, "generate", "rain", "-o", str(out), "--seconds", "1", "--nfe", "2", "--quiet", "--model", "tiny",
+           "--dtype", "bf16", "--vae-dtype", "bf16", "--text-dtype", "bf16"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert sf.info(out).frames == 44100  # 1 s
+    from etta_engine.cli import build_parser
+
+    args = build_parser().parse_args(["generate", "rain", "-o", str(tmp_path / "x.wav"), "--backend", "onnx",
+                                      "--model", str(tmp_path), "--dtype", "fp16"])  # fmt: skip
+    with pytest.raises(SystemExit, match=r"--dtype need --backend torch .*fixed by `etta export --dtype`"):
+        args.func(args)
+    with pytest.raises(SystemExit):  # argparse: T5 has no fp16 choice
+        build_parser().parse_args(["generate", "rain", "-o", "x.wav", "--text-dtype", "fp16"])
