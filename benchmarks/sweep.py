@@ -175,7 +175,8 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict, on_updat
     """The rows of every cell of ``backends`` x solvers x NFE x CFG (``pipelines``: the runtime backends'), and
     the failures: a backend that raises is reported (its first error) and skipped for the rest of the sweep,
     so that it does not cost the other backends' rows. Each cell is one untimed warm-up generation, then
-    ``args.reps`` timed ones: the row's stage times are their medians."""
+    ``args.reps`` times a staged generation and a queued one: the row's stage times are the staged ones'
+    medians, its ``e2e_ms`` the queued ones' (what a caller of ``Pipeline.generate`` waits)."""
     device = torch.device(args.device)
     mcfg = model.cfg
     frames = max(1, round(args.seconds * mcfg.latent_rate))
@@ -185,28 +186,40 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict, on_updat
     graphs = CUDA_GRAPH_MODES[args.cuda_graph]
     compiled, engines = None, {}  # made once the model has its precision
 
-    def generate(backend: str, solver: str, nfe: int, scale: float):
-        """(latents, decoded audio, stage times in ms) of one generation, in the precision the model has now."""
+    def generate(backend: str, solver: str, nfe: int, scale: float, staged: bool = True):
+        """(latents, decoded audio, times in ms) of one generation, in the precision the model has now. Staged:
+        each stage timed on its own, the device synchronised between them ({"text_ms", "dit_ms", "vae_ms"});
+        else the stages queued back to back as ``Pipeline.generate`` runs them, one wait at the end, timed as
+        one ({"e2e_ms"}: on a GPU the host's launches of a stage overlap the device's work on the one before)."""
         if backend in pipelines:
             return generate_runtime(pipelines[backend], solver, nfe, scale)
         dtype = model.dit.dtype
+        model.vae.set_ops(VAE_OPS.get(backend, "auto"))  # the engine's kernels decode too
         # The engine backends run the text encoder as the Pipeline does: replayed from a CUDA graph on a GPU.
         encode = dict(padding=args.padding, cuda_graph=backend.startswith("engine"))
-        cond, text_ms = timed(device, lambda: model.condition(prompts, 0.0, args.seconds, **encode))
-        cond = DiTConditioning(cond.context.to(dtype), cond.context_mask, cond.global_cond.to(dtype))
         guided = scale != 1.0
-        null = DiTConditioning(torch.zeros_like(cond.context), cond.context_mask, cond.global_cond)
-        both = DiTConditioning(*(torch.cat(p) for p in zip(cond, null, strict=True))) if guided else cond
         x0 = noise.to(dtype)
 
-        def loop():
+        def text() -> DiTConditioning:
+            cond = model.condition(prompts, 0.0, args.seconds, **encode)
+            return DiTConditioning(cond.context.to(dtype), cond.context_mask, cond.global_cond.to(dtype))
+
+        def loop(cond: DiTConditioning) -> torch.Tensor:
+            null = DiTConditioning(torch.zeros_like(cond.context), cond.context_mask, cond.global_cond)
+            both = DiTConditioning(*(torch.cat(p) for p in zip(cond, null, strict=True))) if guided else cond
             times = evaluation_times(solver, nfe) if backend.startswith("engine") else []
             fn = velocity_fn(backend, model, both, times, compiled, engines)
             return sample_graphed(cfg(fn, scale) if guided else fn, x0, solver=solver, nfe=nfe).x
 
-        x, dit_ms = timed(device, loop)
-        model.vae.set_ops(VAE_OPS.get(backend, "auto"))  # the engine's kernels decode too
-        audio, vae_ms = timed(device, lambda: model.vae.decode(x.to(model.vae.dtype)).float())
+        def decode(x: torch.Tensor) -> torch.Tensor:
+            return model.vae.decode(x.to(model.vae.dtype)).float()
+
+        if not staged:
+            (x, audio), e2e_ms = timed(device, lambda: (lambda x: (x, decode(x)))(loop(text())))
+            return x.float(), audio, {"e2e_ms": e2e_ms}
+        cond, text_ms = timed(device, text)
+        x, dit_ms = timed(device, lambda: loop(cond))
+        audio, vae_ms = timed(device, lambda: decode(x))
         return x.float(), audio, {"text_ms": text_ms, "dit_ms": dit_ms, "vae_ms": vae_ms}
 
     runtime_noise = noise.float().cpu().numpy()
@@ -244,10 +257,13 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict, on_updat
                 generate(backend, solver, nfe, scale)  # warm-up (compilation, allocator, CUDA graph capture)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                timings = []
+                timings, e2e_all = [], []
                 for _ in range(args.reps):
                     x, audio, stages = generate(backend, solver, nfe, scale)
                     timings.append(stages)
+                    # the runtime backends wait for each stage's result on the host: their e2e is the stages' sum
+                    queued = stages if backend in pipelines else generate(backend, solver, nfe, scale, staged=False)[2]
+                    e2e_all.append(sum(queued.values()))
             except Exception as e:  # reported, and the script exits non-zero
                 cell = {"backend": backend, "solver": solver, "nfe": nfe, "cfg_scale": scale}
                 failures.append(cell | {"error": repr(e)})
@@ -257,7 +273,6 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict, on_updat
                 continue
             x_ref, audio_ref = references[scale]
             stages = {k: statistics.median(t[k] for t in timings) for k in timings[0]}
-            e2e_all = [sum(t.values()) for t in timings]
             e2e = statistics.median(e2e_all)
             peak = None  # CPU: not measured; the runtime backends allocate outside torch
             if device.type == "cuda" and backend not in pipelines:
@@ -280,7 +295,8 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict, on_updat
                     "runtime": _runtime_info(pipelines.get(backend)),
                     "seconds": args.seconds,
                     **stages,
-                    "e2e_ms": e2e,
+                    "stages_sum_ms": sum(stages.values()),
+                    "e2e_ms": e2e,  # the stages queued back to back (one wait), as Pipeline.generate runs them
                     "e2e_ms_all": e2e_all,
                     "reps": args.reps,
                     "rtf": e2e / 1e3 / args.seconds,

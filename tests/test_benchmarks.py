@@ -91,8 +91,9 @@ def test_sweep_smoke_and_its_plot(tmp_path):
     assert len(cells) == len(rows) == 6 * 2 * 2 * 2
     assert "skipping backend 'tensorrt': tensorrt is not installed" in result.stderr
     for r in rows:
-        assert r["e2e_ms"] >= r["dit_ms"] > 0 and r["rtf"] > 0
+        assert r["stages_sum_ms"] >= r["dit_ms"] > 0 and r["rtf"] == r["e2e_ms"] / 1e3 / 1.0
         assert r["reps"] == 2 and len(r["e2e_ms_all"]) == 2 and r["e2e_ms"] == statistics.median(r["e2e_ms_all"])
+        assert r["e2e_ms"] > 0  # timed apart from the stages (queued back to back, one wait), so no ratio to them
         assert (r["runtime"] is None) == (not r["backend"].startswith("onnx"))
     onnx = next(r for r in rows if r["backend"] == "onnx")
     assert onnx["runtime"]["export_dtype"] == "fp32" and onnx["runtime"]["providers"] == ["CPUExecutionProvider"]
@@ -139,7 +140,8 @@ def test_sweep_reference_is_fp32_so_the_error_includes_each_precisions_cost(monk
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import sweep
 
-    errors = {}
+    errors, waits = {}, []
+    monkeypatch.setattr(sweep, "synchronize", lambda device: waits.append(device))
     for dtype in ("fp32", "bf16"):
         args = argparse.Namespace(model="tiny", device="cpu", dtype=dtype, vae_dtype=dtype, text_dtype=dtype,
                                   seconds=0.5, nfes=[8], solvers=["rk4"], cfg_scales=[3.5], backends=["eager"],
@@ -148,6 +150,10 @@ def test_sweep_reference_is_fp32_so_the_error_includes_each_precisions_cost(monk
         (row,), failures = sweep.run(args)
         assert not failures and (row["dtype"], row["vae_dtype"], row["text_dtype"]) == (dtype, dtype, dtype)
         assert row["text_cuda_graph"] is False
+        # 3 stages timed apart (a wait before and after each) for the reference, the warm-up and the rep, and the
+        # rep once more queued as the Pipeline runs it: one wait before, one after the whole generation
+        assert len(waits) == 3 * 3 * 2 + 2
+        waits.clear()
         errors[dtype] = (row["latent_rel_rmse"], row["spectral_distance"])
     assert errors["fp32"] == (0.0, 0.0)
     assert 1e-3 < errors["bf16"][0] < 0.1 and errors["bf16"][1] > 0
