@@ -13,6 +13,9 @@ times one engine per implementation of the ops (``engine-<ops>``; one ``--ops``,
 seams save). On a CUDA device the engine variants replay their step from a CUDA graph (``cuda_graph`` in the
 rows), as the pipeline does.
 
+``--profile TOP`` adds, under the environment's ``profiles``, the TOP kernels (by their own time, per step) of
+the reference and of the fastest variant, from torch.profiler: where the step's time goes.
+
 Rows go to benchmarks/results/engine_step-<device>-<date>.json with the environment.
 """
 
@@ -113,7 +116,38 @@ def run(args) -> list[dict]:
                 "prepare_calls": len(times),
             }
         )
-    return rows
+    profiles = {}
+    if args.profile:
+        fastest = min((r for r in rows if r["variant"] != "reference"), key=lambda r: r["ms"], default=None)
+        for name in ["reference"] + ([fastest["variant"]] if fastest else []):
+            profiles[name] = profile_step(steps[name], device, args.profile)
+    return rows, profiles
+
+
+def profile_step(fn, device: torch.device, top: int, reps: int = 5) -> list[dict]:
+    """The ``top`` kernels (CUDA; on a CPU the operators) of ``reps`` calls of ``fn`` by their own time, under
+    torch.profiler: name, launches and microseconds per step, and share of the step's total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.no_grad(), profile(activities=activities) as prof:
+        for _ in range(reps):
+            fn()
+        synchronize(device)
+    # Kineto's own time per event: on the device for CUDA runs, on the host for CPU ones
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, attr), reverse=True)
+    return [
+        {
+            "name": e.key,
+            "calls_per_step": e.count / reps,
+            "us_per_step": getattr(e, attr) / reps,
+            "share": getattr(e, attr) / total,
+        }
+        for e in events[:top]
+    ]
 
 
 def main() -> None:
@@ -135,14 +169,25 @@ def main() -> None:
     parser.add_argument("--nfe", type=int, default=8, help="calls prepared for (the hoisted adaLN covers them)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="add a torch.compile(dit) row")
+    profile_help = "also profile the reference and the fastest variant: their TOP kernels by time"
+    parser.add_argument("--profile", type=int, default=0, metavar="TOP", help=profile_help)
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args()
     if args.reps < 1 or args.nfe < 1 or args.frames < 1:
         parser.error("--reps, --nfe and --frames must be >= 1")
-    rows = run(args)
-    path = write_results("engine_step", environment(torch.device(args.device)), rows, args.out)
+    if args.profile < 0:
+        parser.error(f"--profile takes how many kernels to list (>= 0), got {args.profile}")
+    rows, profiles = run(args)
+    env = environment(torch.device(args.device))
+    if profiles:
+        env["profiles"] = profiles  # {variant: its top kernels}
+    path = write_results("engine_step", env, rows, args.out)
     for r in rows:
         print(f"{r['variant']:<22} {r['ms']:10.2f} ms  x{r['speedup_vs_reference']:.3f}")
+    for variant, kernels in profiles.items():
+        print(f"top kernels of {variant} (per step):")
+        for k in kernels:
+            print(f"  {k['us_per_step']:10.1f} us {k['share']:6.1%} x{k['calls_per_step']:<5g} {k['name'][:90]}")
     print(f"-> {path}")
 
 

@@ -20,7 +20,8 @@
 #            eager and the engine with each ops, the engine with T5 and the VAE in bf16 too, then torch.compile's
 #            builds (5 timed generations a cell; the reference in fp32)
 #   step     benchmarks/engine_step.py: the etta DiT step, eager vs engine with torch/Triton/csrc ops with and
-#            without the fused seams, then vs torch.compile, in bf16; then fp32
+#            without the fused seams (and the top 15 kernels of eager and of the fastest), then vs torch.compile,
+#            in bf16; then fp32
 #   tests    pytest -m gpu: the kernels, the engine, export and TensorRT tests that need a GPU
 # and the others:
 #   variants the goal cells again with per-step CUDA graphs, and with prompts padded to their length, not 512
@@ -96,7 +97,8 @@ variants() {
 step() {
   # each run writes its own file: the uncompiled variants first, torch.compile's next (the 3x and 1.5x goals)
   local common=(--preset etta --device cuda --nfe 100 --reps 20)
-  "$PY" benchmarks/engine_step.py "${common[@]}" --dtype bf16 --ops torch,triton,cuda --unfused || return
+  "$PY" benchmarks/engine_step.py "${common[@]}" --dtype bf16 --ops torch,triton,cuda --unfused --profile 15 ||
+    return
   "$PY" benchmarks/engine_step.py "${common[@]}" --dtype bf16 --ops cuda --compile || return
   "$PY" benchmarks/engine_step.py "${common[@]}" --dtype fp32 --ops torch,triton,cuda
 }

@@ -52,11 +52,20 @@ def test_ops_benchmark_and_its_plot(tmp_path):
 def test_engine_step_benchmark_writes_rows(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "engine_step.py"), "--preset", "tiny", "--device", "cpu",
            "--frames", "22", "--reps", "2", "--nfe", "4", "--compile", "--padding", "longest",
-           "--prompt-tokens", "5", "--out", str(tmp_path)]  # fmt: skip
+           "--prompt-tokens", "5", "--profile", "3", "--out", str(tmp_path)]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = tmp_path.glob("engine_step-*.json")
-    rows = {r["variant"]: r for r in json.loads(path.read_text())["rows"]}
+    data = json.loads(path.read_text())
+    rows = {r["variant"]: r for r in data["rows"]}
+    fastest = min((v for v in rows if v != "reference"), key=lambda v: rows[v]["ms"])
+    profiles = data["environment"]["profiles"]
+    assert list(profiles) == ["reference", fastest] and f"top kernels of {fastest}" in result.stdout
+    for kernels in profiles.values():
+        assert len(kernels) == 3 and all(k["name"] and k["calls_per_step"] > 0 for k in kernels)
+        times = [k["us_per_step"] for k in kernels]
+        assert times == sorted(times, reverse=True) and 0 < sum(k["share"] for k in kernels) <= 1
+    assert all(k["name"].startswith("aten::") for k in profiles["reference"])  # on a CPU, the eager operators
     assert set(rows) == {"reference", "engine", "compile", "engine-compile"}
     assert rows["engine-compile"]["ops"] == "torch" and not rows["engine"]["cuda_graph"]
     assert rows["engine"]["padding"] == "longest" and rows["engine"]["context_length"] == 5 + 2
