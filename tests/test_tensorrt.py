@@ -129,6 +129,97 @@ def test_without_tensorrt_the_commands_say_what_to_install(onnx_dir, tmp_path, c
         RuntimePipeline(onnx_dir, backend="tensorrt").graph("dit")
 
 
+# ------------------------------------------------------------------ on the stand-in (tests/fake_tensorrt.py)
+# TensorRT cannot be installed here: these run the build, the runner's buffers and copies and the resident
+# tables against a stand-in that follows TensorRT's and cuda-python's documented calls, checks how they are used
+# and runs each engine's ONNX graph in ONNX Runtime. They prove our calls' logic, not TensorRT's behaviour.
+
+FAKE_PROFILE = Profile(batch=(1, 2, 3), frames=(1, 22, 64), text=(1, 128, 128), vae_frames=(1, 22, 64))
+
+
+@pytest.fixture(scope="module")
+def fake_engines(onnx_dir, tmp_path_factory):
+    import fake_tensorrt
+
+    from etta_engine.export.tensorrt import build_engines
+
+    out = tmp_path_factory.getbasetemp() / "trt-fake-tiny"
+    cache = tmp_path_factory.getbasetemp() / "trt-fake-tiny.cache"
+    with fake_tensorrt.installed():
+        build_engines(onnx_dir, out, profile=FAKE_PROFILE, timing_cache=cache, progress=False)
+    assert cache.read_bytes()
+    return out
+
+
+def test_engines_are_built_with_their_settings_on_the_stand_in(fake_engines, onnx_dir):
+    settings = json.loads((fake_engines / "engines.json").read_text())
+    assert settings["tensorrt"] == "10.99.0-fake"
+    assert settings["gpu"] == {"name": "Fake GPU", "compute_capability": "9.0"}
+    manifest = json.loads((onnx_dir / "manifest.json").read_text())
+    assert sorted(settings["graphs"]) == sorted(manifest["graphs"])  # the cached DiT graphs too
+    assert settings["strongly_typed"] is False  # an fp32 export builds weakly typed
+    assert settings["graphs"]["dit_cached"]["profile"]["modulation"] == [[1, 2, 1, 576], [100, 2, 2, 576],
+                                                                         [512, 2, 3, 576]]  # fmt: skip
+    assert (fake_engines / "manifest.json").read_text() == (onnx_dir / "manifest.json").read_text()
+
+
+@pytest.mark.parametrize("cached", [True, False])
+@pytest.mark.parametrize("negative", [None, "static"])
+def test_tensorrt_runner_on_the_stand_in_generates_what_onnx_runtime_does(fake_engines, onnx_dir, cached, negative):
+    import gc
+
+    import fake_tensorrt
+
+    kw = dict(seconds=1.0, nfe=3, cfg_scale=3.0, seed=0, progress=False, negative_prompt=negative)
+    want = RuntimePipeline(onnx_dir, cached=cached).generate(["a dog barks"], **kw).waveform
+    with fake_tensorrt.installed() as (_, rt):
+        pipe = RuntimePipeline(fake_engines, backend="tensorrt", cached=cached)
+        got = pipe.generate(["a dog barks"], **kw).waveform
+        assert pipe.cached is cached
+        np.testing.assert_array_equal(got, want)  # the same graphs run: equal, not close
+        del pipe
+        gc.collect()
+        assert rt.memory == {}  # every buffer and resident table freed with the pipeline
+
+
+def test_cached_tables_stay_in_device_memory_on_tensorrt(fake_engines, monkeypatch):
+    """dit_prepare's tables go from its engine to the step engines' inputs where they lie: never copied to the
+    host, never into a buffer of the step engines."""
+    import fake_tensorrt
+
+    from etta_engine.runtime.tensorrt import DeviceArray
+
+    def to_host(self):
+        raise AssertionError("a table was copied to the host")
+
+    monkeypatch.setattr(DeviceArray, "numpy", to_host)
+    with fake_tensorrt.installed() as (_, rt):
+        pipe = RuntimePipeline(fake_engines, backend="tensorrt")
+        pipe.generate(["a dog barks"], seconds=1.0, nfe=4, cfg_scale=3.0, progress=False)
+        step = pipe.graph("dit_cfg_cached")
+        assert step.context.runs == 4 and step.context.engine.profile  # the guided step ran at each call
+        assert {"modulation", "final_modulation", "kv"}.isdisjoint(step._buffers)
+        assert "x" in step._buffers and "context_mask" in step._buffers  # inputs from the host are copied in
+        # the tables' bytes: made once on the device, no copy of them either way
+        prepared = pipe.graph("dit_prepare")
+        table_bytes = {prepared.context.get_tensor_shape(n) for n in ("modulation", "final_modulation", "kv")}
+        assert all(n != np.prod(shape) * 4 for _, n in rt.copies for shape in table_bytes), "a copy of a table's size"
+
+
+def test_tensorrt_profile_errors_on_the_stand_in(fake_engines):
+    import fake_tensorrt
+
+    with fake_tensorrt.installed():
+        pipe = RuntimePipeline(fake_engines, backend="tensorrt")
+        kw = dict(seconds=1.0, nfe=3, cfg_scale=3.0, seed=0, progress=False)
+        with pytest.raises(ShapeError, match=r"frames=65 .* outside \[1, 64\] \(the engine's optimisation profile"):
+            pipe.generate(["a dog barks"], **kw | {"seconds": 65 / pipe.cfg.latent_rate})
+        with pytest.raises(ShapeError, match=r"batch=4 .* outside \[1, 3\]"):
+            pipe.generate(["a"] * 4, **kw)
+        with pytest.raises(ShapeError, match=r"steps=513 .* outside \[1, 512\]"):
+            pipe.generate(["a"], **kw | {"nfe": 513})
+
+
 # ------------------------------------------------------------------ with TensorRT and a GPU
 
 

@@ -7,8 +7,10 @@ that grows when a call needs more. A call: set the input shapes, copy the inputs
 ``execute_async_v3`` on the stream, copy the outputs back, synchronise. The fixed inputs of a binding
 (:meth:`~etta_engine.runtime.graph.Graph.bind`) are copied in only when their buffer holds something else.
 Inputs are checked against the engine's optimisation profile first, so a length outside it is a clear error,
-not a TensorRT failure.
-Written against TensorRT 10 and cuda-python 12/13; not runnable on this project's CI machines (no TensorRT).
+not a TensorRT failure. :meth:`TensorRTGraph.run_resident` leaves its outputs in device memory
+(:class:`DeviceArray`), where the next graph reads them: the cached DiT's tables never visit the host.
+Written against TensorRT 10 and cuda-python 12/13, which this project's CI machines cannot install: there it
+runs against tests/fake_tensorrt.py, a stand-in that checks the calls and runs each graph in ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -61,6 +63,28 @@ def read_engines(directory: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{directory} has no {ENGINES}; expected the output of `etta export tensorrt`")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+class DeviceArray:
+    """A tensor in device memory that one TensorRT graph wrote and another reads where it lies (the value of a
+    :class:`~etta_engine.runtime.graph.ResidentTensor`); freed with its last reference."""
+
+    def __init__(self, rt, shape: tuple[int, ...], dtype: str) -> None:
+        self._rt, self.shape, self.dtype = rt, tuple(shape), np.dtype(dtype)
+        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        self.ptr = cuda_call(rt.cudaMalloc(max(self.nbytes, 1)))
+
+    def numpy(self) -> np.ndarray:
+        """A host copy."""
+        out = np.empty(self.shape, self.dtype)
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        cuda_call(self._rt.cudaMemcpy(out.ctypes.data, self.ptr, self.nbytes, kind))
+        return out
+
+    def __del__(self) -> None:
+        if getattr(self, "ptr", 0):
+            self._rt.cudaFree(self.ptr)
+            self.ptr = 0
 
 
 class TensorRTGraph(Graph):
@@ -134,14 +158,38 @@ class TensorRTGraph(Graph):
     def _run_bound(self, bound, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self._run({**bound.fixed, **inputs}, bound)
 
-    def _run(self, inputs: dict[str, np.ndarray], bound=None) -> list[np.ndarray]:
+    def run_resident(self, **inputs) -> tuple[ResidentTensor, ...]:
+        """The outputs left in device memory (:class:`ResidentTensor` of a :class:`DeviceArray`), which this
+        backend's graphs take as inputs where they lie: no trip through the host."""
+        self.check_inputs(inputs)
+        kept = self._set_inputs(inputs, None)  # noqa: F841  (alive until the stream is synchronised)
+        outputs = []
+        for spec in self.interface.outputs:
+            array = DeviceArray(self._rt, tuple(self.context.get_tensor_shape(spec.name)), spec.dtype)
+            self.context.set_tensor_address(spec.name, array.ptr)
+            outputs.append(array)
+        self._execute()
+        # Synchronised: the graphs that read them run on their own streams.
+        cuda_call(self._rt.cudaStreamSynchronize(self.stream))
+        return tuple(ResidentTensor(a, a.shape, a.dtype.name) for a in outputs)
+
+    def _set_inputs(self, inputs: dict, bound) -> dict[str, np.ndarray]:
+        """Set the input shapes and addresses: a resident tensor of this backend where it lies, anything else
+        copied into this graph's buffer (a binding's fixed inputs only when the buffer holds something else).
+        Returns the host arrays, which must outlive the stream's copies."""
         rt = self._rt
-        h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        h2d = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
         host_inputs = {}
         for spec in self.interface.inputs:
-            value = inputs[spec.name]  # a resident tensor of another backend comes through the host
+            value = inputs[spec.name]
+            if isinstance(value, ResidentTensor) and isinstance(value.value, DeviceArray):
+                if not self.context.set_input_shape(spec.name, value.shape):
+                    raise ValueError(f"TensorRT refused shape {value.shape} for input {spec.name!r} of {self.name!r}")
+                self.context.set_tensor_address(spec.name, value.value.ptr)
+                continue
+            # a resident tensor of another backend comes through the host
             array = np.ascontiguousarray(value.numpy() if isinstance(value, ResidentTensor) else value)
-            host_inputs[spec.name] = array  # kept alive until the stream is synchronised
+            host_inputs[spec.name] = array
             if not self.context.set_input_shape(spec.name, array.shape):
                 raise ValueError(f"TensorRT refused shape {array.shape} for input {spec.name!r} of {self.name!r}")
             ptr = self._device(spec.name, array.nbytes)
@@ -150,14 +198,23 @@ class TensorRTGraph(Graph):
                 cuda_call(rt.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes, h2d, self.stream))
                 self._resident[spec.name] = bound if fixed else None
             self.context.set_tensor_address(spec.name, ptr)
+        return host_inputs
+
+    def _execute(self) -> None:
+        if not self.context.execute_async_v3(self.stream):
+            raise RuntimeError(f"TensorRT failed to run {self.name!r}")
+
+    def _run(self, inputs: dict[str, np.ndarray], bound=None) -> list[np.ndarray]:
+        rt = self._rt
+        d2h = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        kept = self._set_inputs(inputs, bound)  # noqa: F841  (alive until the stream is synchronised)
         outputs = []
         for spec in self.interface.outputs:
             shape = tuple(self.context.get_tensor_shape(spec.name))
             array = np.empty(shape, dtype=spec.dtype)
             self.context.set_tensor_address(spec.name, self._device(spec.name, array.nbytes))
             outputs.append(array)
-        if not self.context.execute_async_v3(self.stream):
-            raise RuntimeError(f"TensorRT failed to run {self.name!r}")
+        self._execute()
         for spec, array in zip(self.interface.outputs, outputs, strict=True):
             ptr = self._buffers[spec.name][0]
             cuda_call(rt.cudaMemcpyAsync(array.ctypes.data, ptr, array.nbytes, d2h, self.stream))
