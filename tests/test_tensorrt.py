@@ -220,6 +220,34 @@ def test_tensorrt_profile_errors_on_the_stand_in(fake_engines):
             pipe.generate(["a"], **kw | {"nfe": 513})
 
 
+def test_export_and_generate_commands_on_the_stand_in(onnx_dir, tmp_path, capsys):
+    """`etta export tensorrt` with its profile flags, then `etta generate --backend tensorrt`, end to end."""
+    import fake_tensorrt
+    import soundfile as sf
+
+    out = tmp_path / "engines"
+    with fake_tensorrt.installed():
+        code = etta(["export", "tensorrt", str(onnx_dir), str(out), "--quiet", "--parts", "conditioner", "dit_prepare",
+                     "dit_cached", "dit_cfg_cached", "vae_decoder", "--batch", "1", "1", "2", "--frames", "1", "22",
+                     "32", "--steps", "1", "4", "8", "--timing-cache", str(tmp_path / "cache")])  # fmt: skip
+        assert code == 0
+        assert f"wrote {out}/dit_cached.engine" in capsys.readouterr().out
+        settings = json.loads((out / "engines.json").read_text())
+        assert settings["profile"]["steps"] == [1, 4, 8] and settings["profile"]["batch"] == [1, 1, 2]
+        assert settings["graphs"]["dit_cached"]["profile"]["modulation"][2] == [8, 2, 2, 576]  # steps, depth, rows
+
+        def generate(nfe: int, wav):
+            return etta(["generate", "rain", "--backend", "tensorrt", "--model", str(out), "-o", str(wav),
+                         "--seconds", "1", "--nfe", str(nfe), "--quiet"])  # fmt: skip
+
+        assert generate(4, tmp_path / "rain.wav") == 0
+        assert sf.info(tmp_path / "rain.wav").frames == 44100
+        # NFE 9 is past the engines' steps profile: a clear error naming the flag to widen, and no file
+        assert generate(9, tmp_path / "no.wav") != 0
+        err = capsys.readouterr().err
+        assert "steps=9" in err and "--steps range" in err and not (tmp_path / "no.wav").exists()
+
+
 # ------------------------------------------------------------------ with TensorRT and a GPU
 
 
