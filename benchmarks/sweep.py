@@ -195,8 +195,10 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict, on_updat
             return generate_runtime(pipelines[backend], solver, nfe, scale)
         dtype = model.dit.dtype
         model.vae.set_ops(VAE_OPS.get(backend, "auto"))  # the engine's kernels decode too
-        # The engine backends run the text encoder as the Pipeline does: replayed from a CUDA graph on a GPU.
-        encode = dict(padding=args.padding, cuda_graph=backend.startswith("engine"))
+        # The engine backends run the text encoder and the VAE decoder as the Pipeline does: replayed from CUDA
+        # graphs on a GPU.
+        graphed = backend.startswith("engine")
+        encode = dict(padding=args.padding, cuda_graph=graphed)
         guided = scale != 1.0
         x0 = noise.to(dtype)
 
@@ -212,7 +214,7 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict, on_updat
             return sample_graphed(cfg(fn, scale) if guided else fn, x0, solver=solver, nfe=nfe).x
 
         def decode(x: torch.Tensor) -> torch.Tensor:
-            return model.vae.decode(x.to(model.vae.dtype)).float()
+            return model.vae.decode(x.to(model.vae.dtype), cuda_graph=graphed).float()
 
         if not staged:
             (x, audio), e2e_ms = timed(device, lambda: (lambda x: (x, decode(x)))(loop(text())))
@@ -290,6 +292,7 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict, on_updat
                     "vae_dtype": None if backend in pipelines else args.vae_dtype,  # runtime: the export's
                     "text_dtype": None if backend in pipelines else args.text_dtype,
                     "text_cuda_graph": backend.startswith("engine") and device.type == "cuda",
+                    "vae_cuda_graph": backend.startswith("engine") and device.type == "cuda",
                     "padding": args.padding,
                     "cuda_graph": args.cuda_graph if backend in engines and device.type == "cuda" else None,
                     "runtime": _runtime_info(pipelines.get(backend)),

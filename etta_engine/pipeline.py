@@ -362,7 +362,8 @@ class Pipeline:
                 t_start=strength,
                 callback=lambda i, _: bar.update(),
             )
-        waveform = self.model.vae.decode(result.x.to(self.model.vae.dtype), chunk_frames=decode_chunk_frames).float()
+        latents = result.x.to(self.model.vae.dtype)
+        waveform = self.model.vae.decode(latents, chunk_frames=decode_chunk_frames, cuda_graph=self.cuda_graphs).float()
         if keep_samples is not None:
             waveform = _splice(waveform, kept_audio.float(), keep_samples, fade=self.cfg.sample_rate // 100)
         n_samples = min(waveform.shape[-1], round(seconds * self.cfg.sample_rate))
@@ -394,7 +395,7 @@ class Pipeline:
         clip = self._prepare_init_audio(x, rate, 1, T * ratio)
         x0 = self.model.vae.encode(clip.to(self.model.vae.dtype))[0].to(self.model.dit.dtype)  # (1, C, T)
         x_edit = self.edit_latents(x0, prompt, seconds, **options)
-        waveform = self.model.vae.decode(x_edit.to(self.model.vae.dtype)).float()
+        waveform = self.model.vae.decode(x_edit.to(self.model.vae.dtype), cuda_graph=self.cuda_graphs).float()
         return Audio(waveform[..., : round(seconds * self.cfg.sample_rate)].cpu(), self.cfg.sample_rate)
 
     @torch.no_grad()

@@ -167,3 +167,21 @@ def test_chunked_decoding_rejects_a_window_without_a_centre():
     vae = E.VAE(E.PRESETS["tiny"].vae)
     with pytest.raises(ValueError, match="chunk_frames=16 must exceed 2 \\* overlap_frames=16"):
         vae.decode(torch.randn(1, 64, 40), chunk_frames=16, overlap_frames=8)
+
+
+def test_decoding_on_static_buffers_equals_the_plain_decoder_and_sees_weight_updates():
+    """decode(cuda_graph="eager") runs what a CUDA graph captures (one static function per window shape, fed
+    through its buffers): the same audio, for new latents, and after an in-place weight update."""
+    vae = E.VAE(E.PRESETS["tiny"].vae).eval()
+    kw = dict(chunk_frames=30, overlap_frames=5)  # hop 20: windows [0, 25), [15, 45), [35, 50)
+    z = torch.randn(1, 64, 50)
+    with torch.no_grad():
+        for latents in (z, 0.5 * z):
+            assert torch.equal(vae.decode(latents, cuda_graph="eager", **kw), vae.decode(latents, **kw))
+        assert sorted(k[0] for k in vae.graphs.graphs) == [(1, 64, 15), (1, 64, 25), (1, 64, 30)]
+        vae.decoder.layers[0].weight_g.mul_(2.0)  # in place: same address, new version
+        assert torch.equal(vae.decode(z, cuda_graph="eager", **kw), vae.decode(z, **kw))
+        assert len(vae.graphs.graphs) == 4  # one more (LRU, 4 kept): not the stale buffers of the old weights
+        assert torch.equal(vae.decode(z[..., :20], cuda_graph=True), vae.decode(z[..., :20]))  # CPU: plain
+    with pytest.raises(ValueError, match=r"cuda_graph='always' is not one of"):
+        vae.decode(z, cuda_graph="always")

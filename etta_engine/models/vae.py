@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from etta_engine._validation import autocast_enabled, check_tensor
 from etta_engine.config import VAEConfig
+from etta_engine.graphs import GraphCache, check_cuda_graph_mode, static_mode
 from etta_engine.ops.snake import snake_beta
 
 
@@ -177,6 +178,7 @@ class VAE(nn.Module):
         self.cfg = cfg
         self.encoder = OobleckEncoder(cfg)
         self.decoder = OobleckDecoder(cfg)
+        self.graphs = GraphCache()  # the decoder's CUDA graphs, per window shape (decode(cuda_graph=...))
 
     @property
     def downsampling_ratio(self) -> int:
@@ -221,14 +223,25 @@ class VAE(nn.Module):
         var = std * std
         return (mean * mean + var - var.log() - 1.0).sum(1).mean()
 
-    def decode(self, latents: torch.Tensor, chunk_frames: int | None = None, overlap_frames: int = 32) -> torch.Tensor:
+    def decode(
+        self,
+        latents: torch.Tensor,
+        chunk_frames: int | None = None,
+        overlap_frames: int = 32,
+        cuda_graph: bool | str = False,
+    ) -> torch.Tensor:
         """latents (B, latent_dim, T) -> audio (B, audio_channels, T * downsampling_ratio).
 
         With ``chunk_frames``, clips longer than that are decoded in windows of ``chunk_frames`` latents
         that overlap by ``overlap_frames`` on each side, keeping each window's centre: the memory of one
         window whatever the length, and (with an overlap wider than the decoder's receptive field) the
         same audio up to rounding.
+        ``cuda_graph``: True (or "step") replays the decoder from a CUDA graph per window shape on a CUDA device
+        (a shape's first call warms up, its second captures): one launch instead of ~600 kernels, which at low
+        step counts would leave the GPU waiting for the host; "eager" runs the same static buffers eagerly on
+        any device; False runs the plain decoder.
         """
+        check_cuda_graph_mode(cuda_graph)
         check_tensor("latents", latents, 3)
         if latents.shape[1] != self.cfg.latent_dim or latents.shape[2] == 0:
             raise ValueError(
@@ -237,7 +250,7 @@ class VAE(nn.Module):
         self._check_dtype("latents", latents)
         T = latents.shape[2]
         if chunk_frames is None or T <= chunk_frames:
-            return self.decoder(latents)
+            return self._decode_window(latents, cuda_graph)
         hop = chunk_frames - 2 * overlap_frames
         if overlap_frames < 0 or hop < 1:
             raise ValueError(
@@ -248,11 +261,21 @@ class VAE(nn.Module):
         for start in range(0, T, hop):
             end = min(start + hop, T)
             lo, hi = max(0, start - overlap_frames), min(T, end + overlap_frames)
-            audio = self.decoder(latents[..., lo:hi])  # (B, C, (hi - lo) r)
+            audio = self._decode_window(latents[..., lo:hi], cuda_graph)  # (B, C, (hi - lo) r)
             if out is None:
                 out = audio.new_empty(audio.shape[0], audio.shape[1], T * r)
             out[..., start * r : end * r] = audio[..., (start - lo) * r : (end - lo) * r]
         return out
+
+    def _decode_window(self, z: torch.Tensor, cuda_graph: bool | str) -> torch.Tensor:
+        mode = static_mode(cuda_graph, z)
+        if mode is None:
+            return self.decoder(z)
+        # The weights' addresses and versions are part of the key: a graph reads them (and the weight norm's
+        # folded weights, refolded after an in-place update) where they were at capture.
+        weights = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        key = (tuple(z.shape), z.dtype, str(z.device), self.cfg.ops, weights)
+        return self.graphs.call(key, self.decoder, (z,), (), self, mode == "capture")
 
     @property
     def dtype(self) -> torch.dtype:
