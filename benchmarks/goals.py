@@ -78,7 +78,8 @@ def e2e_goals(files: list[tuple[Path, dict]]) -> list[Result]:
                 if best.value is not None and r["e2e_ms"] >= best.value:
                     continue
                 best.value, best.unit, best.file = r["e2e_ms"], "ms", path.name
-                best.source = f"{r['backend']} {r['dtype']} on {env['device']}"
+                parts = f"VAE {r.get('vae_dtype') or 'fp32'}, T5 {r.get('text_dtype') or 'fp32'}"
+                best.source = f"{r['backend']} {r['dtype']} ({parts}) on {env['device']}"
                 best.met = r["e2e_ms"] <= target
         results.append(best)
     return results

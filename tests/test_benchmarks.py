@@ -234,7 +234,7 @@ def test_goals_table_picks_the_best_matching_row_of_each_goal(tmp_path, capsys, 
                                                     cell("engine-cuda", 8, 21.0), cell("engine-cuda", 4, 1.0),
                                                     cell("engine-cuda", 8, 2.0, cfg_scale=1.0)]),
         _results(tmp_path / "b.json", "sweep", gpu, [cell("engine-triton", 100, 118.0),
-                                                    cell("engine-triton", 8, 19.0)]),
+                                                    cell("engine-triton", 8, 19.0, vae_dtype="bf16")]),
         _results(tmp_path / "cpu.json", "sweep", "cpu: AMD EPYC", [cell("engine-torch", 8, 5.0)]),  # not a GPU's
         _results(tmp_path / "c.json", "engine_step", gpu, [step("reference", 10.0), step("engine-cuda", 4.0),
                                                            step("engine-cuda-unfused", 1.0)]),
@@ -250,9 +250,9 @@ def test_goals_table_picks_the_best_matching_row_of_each_goal(tmp_path, capsys, 
     lines = {line[:34].strip(): line for line in out.out.splitlines()[1:]}
     assert "passing over" in out.err and "broken.json" in out.err
     assert "110.0 ms" in lines["end to end, Euler NFE 100"] and " met " in lines["end to end, Euler NFE 100"]
-    assert "engine-cuda bf16 on NVIDIA H200" in lines["end to end, Euler NFE 100"]
+    assert "engine-cuda bf16 (VAE fp32, T5 fp32) on NVIDIA H200" in lines["end to end, Euler NFE 100"]
     nfe8 = lines["end to end, Euler NFE 8"]  # the NFE 4, CFG-off and CPU rows are not the goal's cells
-    assert "19.0 ms" in nfe8 and "NOT met" in nfe8 and "(b.json)" in nfe8
+    assert "19.0 ms" in nfe8 and "NOT met" in nfe8 and "(b.json)" in nfe8 and "(VAE bf16, T5 fp32)" in nfe8
     eager = lines["DiT step vs eager (GPU)"]  # 12 / 3 (d.json) beats 10 / 4 (c.json); unfused rows excluded
     assert "4.00x" in eager and " met " in eager and "engine bf16 3.00 ms vs reference 12.00 ms" in eager
     vs_compile = lines["DiT step vs torch.compile (GPU)"]
