@@ -57,8 +57,18 @@ LIMIT="${PHASE_LIMIT_S:-480}"
 DEADLINE="${DEADLINE_S:-510}"
 RESERVE="${RESERVE_S:-20}"
 MIN_PHASE="${MIN_PHASE_S:-30}"
+# The plan's sizes. REHEARSAL=1 shrinks the goals, variants and step phases to the tiny preset on a CPU (1 s,
+# few steps, one rep): a check, where no GPU is, of every command line the lease will run (tests do it in CI).
+if [ -n "${REHEARSAL:-}" ]; then
+  PRESET=tiny DEVICE=cpu SECS=1 NFES=2 REF_NFE=4 REPS=1 STEP_NFE=2 STEP_REPS=1 STEP_FRAMES=9
+  export TRITON_INTERPRET=1  # the Triton backends too
+else
+  PRESET=etta DEVICE=cuda SECS=10 NFES=8,100 REF_NFE=200 REPS=5 STEP_NFE=100 STEP_REPS=20 STEP_FRAMES=215
+fi
+RESULTS="${RESULTS_DIR:-$ROOT/benchmarks/results}"  # where the benchmarks write their rows
+export PRESET DEVICE SECS NFES REF_NFE REPS STEP_NFE STEP_REPS STEP_FRAMES RESULTS
 call_start=$(date +%s)
-mkdir -p "$OUT/logs"
+mkdir -p "$OUT/logs" "$RESULTS"
 touch "$OUT/.start"
 export PYTHONUNBUFFERED=1
 
@@ -74,8 +84,8 @@ install() {
   "$PY" -m pip install -q --no-index --no-deps --no-build-isolation "${arch[@]}" -e .
 }
 tests() { "$PY" -m pytest -q -m gpu -p no:cacheprovider; }
-GOAL_CELLS=(--model etta --device cuda --dtype bf16 --seconds 10 --nfes 8,100 --solvers euler --cfg-scales 3.5
-  --reference-nfe 200 --reps 5)
+GOAL_CELLS=(--model "$PRESET" --device "$DEVICE" --dtype bf16 --seconds "$SECS" --nfes "$NFES" --solvers euler
+  --cfg-scales 3.5 --reference-nfe "$REF_NFE" --reps "$REPS" --out "$RESULTS")
 goals() {
   # torch.compile's builds last, in a run of their own: their compilation (minutes at this size) must not cost
   # the engine's rows if the phase's time runs out
@@ -96,31 +106,34 @@ variants() {
 }
 step() {
   # each run writes its own file: the uncompiled variants first, torch.compile's next (the 3x and 1.5x goals)
-  local common=(--preset etta --device cuda --nfe 100 --reps 20)
+  local common=(--preset "$PRESET" --device "$DEVICE" --nfe "$STEP_NFE" --reps "$STEP_REPS" --frames "$STEP_FRAMES"
+    --out "$RESULTS")
   "$PY" benchmarks/engine_step.py "${common[@]}" --dtype bf16 --ops torch,triton,cuda --unfused --profile 15 ||
     return
   "$PY" benchmarks/engine_step.py "${common[@]}" --dtype bf16 --ops cuda --compile || return
   "$PY" benchmarks/engine_step.py "${common[@]}" --dtype fp32 --ops torch,triton,cuda
 }
-sweep() { "$PY" benchmarks/sweep.py --model etta --device cuda --dtype bf16; }
+sweep() { "$PY" benchmarks/sweep.py --model etta --device cuda --dtype bf16 --out "$RESULTS"; }
 vae() {
-  local kernels=(--model etta --seconds 10 --device cuda --variants fp32,fp32-folded,bf16,fp16)
-  "$PY" benchmarks/vae_precision.py --model etta --seconds 10 --device cuda &&
+  local kernels=(--model etta --seconds 10 --device cuda --variants fp32,fp32-folded,bf16,fp16 --out "$RESULTS")
+  "$PY" benchmarks/vae_precision.py --model etta --seconds 10 --device cuda --out "$RESULTS" &&
     "$PY" benchmarks/vae_precision.py "${kernels[@]}" --ops triton &&
     "$PY" benchmarks/vae_precision.py "${kernels[@]}" --ops cuda &&
-    "$PY" benchmarks/vae_precision.py --model demo --device cuda
+    "$PY" benchmarks/vae_precision.py --model demo --device cuda --out "$RESULTS"
 }
 ops() {
-  "$PY" benchmarks/ops.py --device cuda || return
+  "$PY" benchmarks/ops.py --device cuda --out "$RESULTS" || return
   local latest
-  latest=$(ls -t benchmarks/results/ops-*.json | head -n 1)
+  latest=$(ls -t "$RESULTS"/ops-*.json | head -n 1)
   "$PY" benchmarks/plot_ops.py "$latest"
 }
 onnx() {
   "$PY" benchmarks/onnx_runtime.py --preset etta --dtype fp16 --seconds 10 --nfe 100 --device cuda \
-    --backends onnxruntime,tensorrt,torch
+    --backends onnxruntime,tensorrt,torch --out "$RESULTS"
 }
-train() { "$PY" benchmarks/train_dit_throughput.py --preset etta --batch 8 --precision bf16 --device cuda; }
+train() {
+  "$PY" benchmarks/train_dit_throughput.py --preset etta --batch 8 --precision bf16 --device cuda --out "$RESULTS"
+}
 
 {
   nvidia-smi -L
@@ -150,14 +163,18 @@ for item in "${plan[@]}"; do
   tail -n 15 "$OUT/logs/$phase.log"
   [ $rc -ne 0 ] && status=$rc
 done
-new=$(find benchmarks/results -newer "$OUT/.start" -type f 2>/dev/null)
+new=$(find "$RESULTS" -newer "$OUT/.start" -type f -not -name '.*' 2>/dev/null)
 if [ -n "$new" ]; then
   # shellcheck disable=SC2086  # $new: one result path per word
   "$PY" benchmarks/goals.py $new 2>&1 | tee "$OUT/logs/goals_table.txt"
 fi
-members=(-C "$OUT" logs)
-# shellcheck disable=SC2206  # $new: one result path per word
-[ -n "$new" ] && members+=(-C "$ROOT" $new)
-tar -czf "$OUT/gpu_session.tar.gz" "${members[@]}"
+# The rows under benchmarks/results/ in the archive (wherever RESULTS_DIR put them): unpacked at the repository
+# root, they join the committed ones.
+stage=$(mktemp -d)
+mkdir -p "$stage/benchmarks/results"
+# shellcheck disable=SC2086  # $new: one result path per word
+[ -n "$new" ] && cp $new "$stage/benchmarks/results/"
+tar -czf "$OUT/gpu_session.tar.gz" -C "$OUT" logs -C "$stage" benchmarks
+rm -rf "$stage"
 echo "packed: $OUT/gpu_session.tar.gz ($(echo "$new" | grep -c .) result files) after $(($(date +%s) - call_start)) s"
 exit $status

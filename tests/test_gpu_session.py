@@ -3,11 +3,14 @@ where the GPU tests skip)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gpu_session.sh"
@@ -67,3 +70,27 @@ def test_a_phase_gets_no_more_than_what_is_left_of_the_deadline(tmp_path):
     limit = int(out.stdout.split("== tests (limit ")[1].split(" s)")[0])
     assert 70 <= limit <= 80  # 100 - 20 (reserve) - the seconds already spent, not the phase's own 400
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_rehearsal_runs_every_command_of_the_default_plans_benchmarks(tmp_path):
+    """REHEARSAL=1 runs the goals and step phases' command lines at the tiny size on this CPU (Triton through its
+    interpreter): a flag or path that would fail on the lent GPU fails here first."""
+    results = tmp_path / "results"
+    out = run(tmp_path / "out", "goals", "step", REHEARSAL="1", RESULTS_DIR=str(results))
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "== goals: exit 0" in out.stdout and "== step: exit 0" in out.stdout
+    with tarfile.open(tmp_path / "out" / "gpu_session.tar.gz") as tar:
+        names = set(tar.getnames())
+        rows = {Path(n).name: json.load(tar.extractfile(n)) for n in names if n.startswith("benchmarks/results/")}
+    assert {"logs/goals.log", "logs/step.log", "logs/goals_table.txt"} <= names
+    sweeps = [d for name, d in rows.items() if name.startswith("sweep-")]
+    steps = [d for name, d in rows.items() if name.startswith("engine_step-")]
+    assert len(sweeps) == 3 and len(steps) == 3 and sorted(p.name for p in results.iterdir()) == sorted(rows)
+    backends = {(r["backend"], r["vae_dtype"]) for d in sweeps for r in d["rows"]}
+    assert backends == {("eager", "fp32"), ("engine-cuda", "fp32"), ("engine-triton", "fp32"), ("engine-torch", "fp32"),
+                        ("engine-cuda", "bf16"), ("engine-triton", "bf16"), ("compile", "fp32"),
+                        ("engine-compile", "fp32")}  # fmt: skip
+    assert all(d["environment"]["complete"] and not d["environment"]["failures"] for d in sweeps)
+    assert any("profiles" in d["environment"] for d in steps)  # the bf16 run lists its top kernels
+    assert "goal" in (tmp_path / "out" / "logs" / "goals_table.txt").read_text()
