@@ -17,12 +17,13 @@
 #   install  the carried wheels into /tmp/site, then etta_engine itself (editable, builds csrc/ with nvcc for
 #            this GPU's architecture alone)
 #   goals    benchmarks/sweep.py at the issue's goal cells: etta, 10 s, CFG 3.5, NFE 8 and 100, Euler, bf16,
-#            eager and the engine with each ops, the engine with T5 and the VAE in bf16 too, then torch.compile's
-#            builds (5 timed generations a cell; the reference in fp32)
-#   step     benchmarks/engine_step.py: the etta DiT step, eager vs engine with torch/Triton/csrc ops with and
-#            without the fused seams (and the top 15 kernels of eager and of the fastest), then vs torch.compile,
-#            in bf16; then fp32
+#            eager and the engine with each ops, then the engine with T5 and the VAE in bf16 too (5 timed
+#            generations a cell; the reference in fp32)
+#   step     benchmarks/engine_step.py: the etta DiT step, eager vs the engine with torch/Triton/csrc ops with and
+#            without the fused seams (and the top 15 kernels of eager and of the fastest) in bf16; then fp32
 #   tests    pytest -m gpu: the kernels, the engine, export and TensorRT tests that need a GPU
+#   compile  torch.compile's builds (minutes of compilation, so last): the step against them, then the goal
+#            cells
 # and the others:
 #   variants the goal cells again with per-step CUDA graphs, and with prompts padded to their length, not 512
 #   vae      benchmarks/vae_precision.py on the etta preset (torch, Triton and csrc Snake-beta) and the demo model
@@ -37,8 +38,8 @@
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"
 cd "$ROOT"
-PHASES=(install goals step tests variants vae ops onnx train sweep)  # every phase
-DEFAULT_PLAN=(install:90 goals:240 step:120 tests:120)
+PHASES=(install goals step tests compile variants vae ops onnx train sweep)  # every phase
+DEFAULT_PLAN=(install:90 goals:180 step:60 tests:120 compile:240)
 plan=("$@")
 [ ${#plan[@]} -eq 0 ] && plan=("${DEFAULT_PLAN[@]}")
 for item in "${plan[@]}"; do
@@ -57,8 +58,8 @@ LIMIT="${PHASE_LIMIT_S:-480}"
 DEADLINE="${DEADLINE_S:-510}"
 RESERVE="${RESERVE_S:-20}"
 MIN_PHASE="${MIN_PHASE_S:-30}"
-# The plan's sizes. REHEARSAL=1 shrinks the goals, variants and step phases to the tiny preset on a CPU (1 s,
-# few steps, one rep): a check, where no GPU is, of every command line the lease will run (tests do it in CI).
+# The plan's sizes. REHEARSAL=1 shrinks the goals, step, compile and variants phases to the tiny preset on a CPU
+# (1 s, few steps, one rep): a check, where no GPU is, of every command line the lease will run (a CI test).
 if [ -n "${REHEARSAL:-}" ]; then
   PRESET=tiny DEVICE=cpu SECS=1 NFES=2 REF_NFE=4 REPS=1 STEP_NFE=2 STEP_REPS=1 STEP_FRAMES=9
   export TRITON_INTERPRET=1  # the Triton backends too
@@ -94,6 +95,12 @@ goals() {
   # the fastest precision: T5 and the VAE decoder in bf16 too (the rows' error says what that costs)
   "$PY" benchmarks/sweep.py "${GOAL_CELLS[@]}" --backends engine-cuda,engine-triton --vae-dtype bf16 \
     --text-dtype bf16 || status=$?
+  return $status
+}
+compile() {
+  # torch.compile's builds: minutes of compilation at the etta size, so after everything else of the first call
+  local status=0
+  "$PY" benchmarks/engine_step.py "${STEP_ARGS[@]}" --dtype bf16 --ops cuda --compile || status=$?
   "$PY" benchmarks/sweep.py "${GOAL_CELLS[@]}" --backends compile,engine-compile || status=$?
   return $status
 }
@@ -104,14 +111,13 @@ variants() {
   "$PY" benchmarks/sweep.py "${GOAL_CELLS[@]}" --backends engine-triton,engine-cuda --padding longest || return
   return $first
 }
+STEP_ARGS=(--preset "$PRESET" --device "$DEVICE" --nfe "$STEP_NFE" --reps "$STEP_REPS" --frames "$STEP_FRAMES"
+  --out "$RESULTS")
 step() {
-  # each run writes its own file: the uncompiled variants first, torch.compile's next (the 3x and 1.5x goals)
-  local common=(--preset "$PRESET" --device "$DEVICE" --nfe "$STEP_NFE" --reps "$STEP_REPS" --frames "$STEP_FRAMES"
-    --out "$RESULTS")
-  "$PY" benchmarks/engine_step.py "${common[@]}" --dtype bf16 --ops torch,triton,cuda --unfused --profile 15 ||
+  # each run writes its own file: bf16 first (the 3x goal; and where the time goes), then fp32
+  "$PY" benchmarks/engine_step.py "${STEP_ARGS[@]}" --dtype bf16 --ops torch,triton,cuda --unfused --profile 15 ||
     return
-  "$PY" benchmarks/engine_step.py "${common[@]}" --dtype bf16 --ops cuda --compile || return
-  "$PY" benchmarks/engine_step.py "${common[@]}" --dtype fp32 --ops torch,triton,cuda
+  "$PY" benchmarks/engine_step.py "${STEP_ARGS[@]}" --dtype fp32 --ops torch,triton,cuda
 }
 sweep() { "$PY" benchmarks/sweep.py --model etta --device cuda --dtype bf16 --out "$RESULTS"; }
 vae() {
@@ -149,7 +155,8 @@ for item in "${plan[@]}"; do
   [[ "$item" == *:* ]] && limit="${item#*:}"
   left=$((DEADLINE - ($(date +%s) - call_start) - RESERVE))
   if [ "$left" -lt "$MIN_PHASE" ]; then
-    echo "== $phase: skipped, ${left} s left before the call's deadline (${DEADLINE} s)" | tee -a "$OUT/logs/skipped.txt"
+    echo "== $phase: skipped, ${left} s left before the call's deadline (${DEADLINE} s)" |
+      tee -a "$OUT/logs/skipped.txt"
     status=124
     continue
   fi
@@ -157,7 +164,8 @@ for item in "${plan[@]}"; do
   echo "== $phase (limit ${limit} s)"
   start=$(date +%s)
   export -f "$phase"
-  timeout "$limit" bash -c "PY='$PY'; GOAL_CELLS=(${GOAL_CELLS[*]}); $phase" >"$OUT/logs/$phase.log" 2>&1
+  arrays="GOAL_CELLS=($(printf '%q ' "${GOAL_CELLS[@]}")); STEP_ARGS=($(printf '%q ' "${STEP_ARGS[@]}"))"
+  timeout "$limit" bash -c "PY=$(printf '%q' "$PY"); $arrays; $phase" >"$OUT/logs/$phase.log" 2>&1
   rc=$?
   echo "== $phase: exit $rc after $(($(date +%s) - start)) s$([ $rc -eq 124 ] && echo ' (its time limit)')"
   tail -n 15 "$OUT/logs/$phase.log"

@@ -74,16 +74,16 @@ def test_a_phase_gets_no_more_than_what_is_left_of_the_deadline(tmp_path):
 
 @pytest.mark.slow
 def test_rehearsal_runs_every_command_of_the_default_plans_benchmarks(tmp_path):
-    """REHEARSAL=1 runs the goals and step phases' command lines at the tiny size on this CPU (Triton through its
-    interpreter): a flag or path that would fail on the lent GPU fails here first."""
+    """REHEARSAL=1 runs the goals, step and compile phases' command lines at the tiny size on this CPU (Triton
+    through its interpreter): a flag or path that would fail on the lent GPU fails here first."""
     results = tmp_path / "results"
-    out = run(tmp_path / "out", "goals", "step", REHEARSAL="1", RESULTS_DIR=str(results))
+    out = run(tmp_path / "out", "goals", "step", "compile", REHEARSAL="1", RESULTS_DIR=str(results))
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-    assert "== goals: exit 0" in out.stdout and "== step: exit 0" in out.stdout
+    assert all(f"== {phase}: exit 0" in out.stdout for phase in ("goals", "step", "compile"))
     with tarfile.open(tmp_path / "out" / "gpu_session.tar.gz") as tar:
         names = set(tar.getnames())
         rows = {Path(n).name: json.load(tar.extractfile(n)) for n in names if n.startswith("benchmarks/results/")}
-    assert {"logs/goals.log", "logs/step.log", "logs/goals_table.txt"} <= names
+    assert {"logs/goals.log", "logs/step.log", "logs/compile.log", "logs/goals_table.txt"} <= names
     sweeps = [d for name, d in rows.items() if name.startswith("sweep-")]
     steps = [d for name, d in rows.items() if name.startswith("engine_step-")]
     assert len(sweeps) == 3 and len(steps) == 3 and sorted(p.name for p in results.iterdir()) == sorted(rows)
