@@ -10,8 +10,8 @@
 # deadline, DEADLINE_S seconds from its start (default 510): each phase gets at most what is left of it, less
 # RESERVE_S (20 s) for packing the results, and one with under MIN_PHASE_S (30 s) of it left is skipped. So a
 # call never outlives DEADLINE_S by more than its packing, and a caller that allows it DEADLINE_S + 60 seconds
-# gets back what every phase finished. The benchmarks rewrite their JSON after every row, so a phase stopped at its
-# limit still leaves the rows it had (marked "complete": false).
+# gets back what every phase finished. The benchmarks rewrite their JSON after every row, so a phase stopped at
+# its limit still leaves the rows it had (marked "complete": false).
 #
 # Phases, the default plan's first (in the order of what the engine's goals need):
 #   install  the carried wheels into /tmp/site, then etta_engine itself (editable, builds csrc/ with nvcc for
@@ -88,8 +88,7 @@ tests() { "$PY" -m pytest -q -m gpu -p no:cacheprovider; }
 GOAL_CELLS=(--model "$PRESET" --device "$DEVICE" --dtype bf16 --seconds "$SECS" --nfes "$NFES" --solvers euler
   --cfg-scales 3.5 --reference-nfe "$REF_NFE" --reps "$REPS" --out "$RESULTS")
 goals() {
-  # torch.compile's builds last, in a run of their own: their compilation (minutes at this size) must not cost
-  # the engine's rows if the phase's time runs out
+  # each run whatever the other's status (a failing backend still leaves the others' rows)
   local status=0
   "$PY" benchmarks/sweep.py "${GOAL_CELLS[@]}" --backends eager,engine-cuda,engine-triton,engine-torch || status=$?
   # the fastest precision: T5 and the VAE decoder in bf16 too (the rows' error says what that costs)
