@@ -369,6 +369,22 @@ class Pipeline:
         n_samples = min(waveform.shape[-1], round(seconds * self.cfg.sample_rate))
         return Audio(waveform[..., :n_samples].cpu(), self.cfg.sample_rate)
 
+    def warmup(self, batch: int = 1, **options) -> int:
+        """Run the generations that prepare a request's shape before serving it: on a CUDA device with CUDA
+        graphs, the first generation of a shape (batch, length, solver, NFE, guidance) warms up (Triton
+        compilation, cuBLAS workspaces) and the second captures, so that the next request is one replay. Takes
+        ``generate``'s options (``seconds``, ``nfe``, ``solver``, ``cfg_scale``, ``padding``...) without the prompts
+        (placeholders of its own: with ``padding="max_length"``, the default, every prompt has the same shape).
+        Returns the number of generations run (2 where graphs are captured, else 1)."""
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be a positive int, got {batch!r}")
+        if "prompts" in options:
+            raise TypeError("warmup takes no prompts: it generates from placeholders of the request's shape")
+        runs = 2 if self.device.type == "cuda" and self.cuda_graphs is not False else 1
+        for _ in range(runs):
+            self.generate(["warm-up"] * batch, **{"progress": False, **options})
+        return runs
+
     @torch.no_grad()
     def edit(self, audio, prompt: str, *, sample_rate: int | None = None, **options) -> Audio:
         """Edit a clip by ODE inversion: its latents run from t = 0 to t = ``strength`` under ``source_prompt``

@@ -305,3 +305,30 @@ def test_cli_generate_in_bf16_and_precision_flags_refused_on_exports(tmp_path):
         args.func(args)
     with pytest.raises(SystemExit):  # argparse: T5 has no fp16 choice
         build_parser().parse_args(["generate", "rain", "-o", "x.wav", "--text-dtype", "fp16"])
+
+
+def test_warmup_prepares_every_static_buffer_a_request_of_its_shape_uses(fp32_model):
+    """After warmup(...), a request with those options (any prompts and seed) adds no static function (no CUDA
+    graph to capture on a GPU) to the engine's, T5's or the VAE's caches; another NFE does."""
+    import copy
+
+    pipe = Pipeline(copy.deepcopy(fp32_model), device="cpu")
+    pipe.cuda_graphs = "eager"  # the static buffers a CUDA graph captures, run eagerly on the CPU
+    options = dict(seconds=1.0, nfe=4, solver="heun", cfg_scale=3.5)
+    assert pipe.warmup(batch=2, **options) == 1  # on a CPU nothing is captured: one generation fills the caches
+
+    def cached() -> list:
+        (engine,) = pipe._engines.values()
+        caches = (engine.cache, pipe.model.text_encoder.graphs, pipe.model.vae.graphs)
+        return [list(c.graphs) for c in caches]
+
+    before = cached()
+    assert all(before)
+    pipe.generate(["rain on a tin roof", "a dog barks"], **options, seed=7, progress=False)
+    assert cached() == before
+    pipe.generate(["rain", "wind"], **options | {"nfe": 6}, progress=False)
+    assert len(cached()[0]) > len(before[0])
+    with pytest.raises(ValueError, match="batch must be a positive int, got 0"):
+        pipe.warmup(batch=0)
+    with pytest.raises(TypeError, match="warmup takes no prompts"):
+        pipe.warmup(prompts=["x"])
