@@ -183,5 +183,10 @@ def test_decoding_on_static_buffers_equals_the_plain_decoder_and_sees_weight_upd
         assert torch.equal(vae.decode(z, cuda_graph="eager", **kw), vae.decode(z, **kw))
         assert len(vae.graphs.graphs) == 4  # one more (LRU, 4 kept): not the stale buffers of the old weights
         assert torch.equal(vae.decode(z[..., :20], cuda_graph=True), vae.decode(z[..., :20]))  # CPU: plain
+        from etta_engine.models.vae import GRAPH_MAX_FRAMES
+
+        long = torch.randn(2, 64, GRAPH_MAX_FRAMES // 2 + 1)  # over the limit with its batch: no static buffers
+        assert torch.equal(vae.decode(long, cuda_graph="eager"), vae.decode(long))
+        assert tuple(long.shape) not in {key[0] for key in vae.graphs.graphs}
     with pytest.raises(ValueError, match=r"cuda_graph='always' is not one of"):
         vae.decode(z, cuda_graph="always")

@@ -170,6 +170,12 @@ class OobleckDecoder(nn.Module):
         return self.layers(z)
 
 
+# Latent frames (x batch) up to which a decoding window is replayed from a CUDA graph. A captured graph keeps
+# its window's activations in its own memory pool for good (hundreds of MB a window at this size); longer windows
+# run kernels long enough for the host to stay ahead, so they decode plainly and keep no memory.
+GRAPH_MAX_FRAMES = 256
+
+
 class VAE(nn.Module):
     """ETTA-VAE. ``encode(audio) -> (mean, std)``, ``sample(mean, std)``, ``decode(latents) -> audio``."""
 
@@ -239,7 +245,8 @@ class VAE(nn.Module):
         ``cuda_graph``: True (or "step") replays the decoder from a CUDA graph per window shape on a CUDA device
         (a shape's first call warms up, its second captures): one launch instead of ~600 kernels, which at low
         step counts would leave the GPU waiting for the host; "eager" runs the same static buffers eagerly on
-        any device; False runs the plain decoder.
+        any device; False runs the plain decoder. Windows of more than :data:`GRAPH_MAX_FRAMES` latent frames
+        (times the batch) always decode plainly.
         """
         check_cuda_graph_mode(cuda_graph)
         check_tensor("latents", latents, 3)
@@ -269,7 +276,7 @@ class VAE(nn.Module):
 
     def _decode_window(self, z: torch.Tensor, cuda_graph: bool | str) -> torch.Tensor:
         mode = static_mode(cuda_graph, z)
-        if mode is None:
+        if mode is None or z.shape[0] * z.shape[2] > GRAPH_MAX_FRAMES:
             return self.decoder(z)
         # The weights' addresses and versions are part of the key: a graph reads them (and the weight norm's
         # folded weights, refolded after an in-place update) where they were at capture.
