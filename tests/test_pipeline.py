@@ -332,3 +332,20 @@ def test_warmup_prepares_every_static_buffer_a_request_of_its_shape_uses(fp32_mo
         pipe.warmup(batch=0)
     with pytest.raises(TypeError, match="warmup takes no prompts"):
         pipe.warmup(prompts=["x"])
+
+
+@pytest.mark.gpu
+def test_warmup_on_cuda_captures_so_the_first_request_replays(fp32_model):
+    import copy
+
+    pipe = Pipeline(copy.deepcopy(fp32_model), device="cuda")
+    options = dict(seconds=1.0, nfe=4, cfg_scale=3.5)
+    assert pipe.warmup(**options) == 2
+    (engine,) = pipe._engines.values()
+    captured = {key: static.graph is not None for key, static in engine.cache.graphs.items()}
+    assert captured and all(captured.values())
+    got = pipe.generate(["rain"], **options, progress=False).waveform
+    assert {key: static.graph is not None for key, static in engine.cache.graphs.items()} == captured
+    pipe.cuda_graphs = False
+    want = pipe.generate(["rain"], **options, progress=False).waveform
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
