@@ -280,7 +280,7 @@ class VAE(nn.Module):
             return self.decoder(z)
         # The weights' addresses and versions are part of the key: a graph reads them (and the weight norm's
         # folded weights, refolded after an in-place update) where they were at capture.
-        weights = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        weights = tuple((p.data_ptr(), p._version) for p in self.decoder.parameters())
         key = (tuple(z.shape), z.dtype, str(z.device), self.cfg.ops, weights)
         return self.graphs.call(key, self.decoder, (z,), (), self, mode == "capture")
 
