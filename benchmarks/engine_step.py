@@ -34,8 +34,7 @@ from etta_engine.config import get_preset
 from etta_engine.engine import DiTEngine, evaluation_times
 from etta_engine.models.conditioning import DiTConditioning
 from etta_engine.models.dit import DiT
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from etta_engine.pipeline import PRECISIONS
 
 
 def cfg_batch(cfg, frames: int, prompt_tokens: int, device, dtype, padding: str = "max_length"):
@@ -56,7 +55,7 @@ def cfg_batch(cfg, frames: int, prompt_tokens: int, device, dtype, padding: str 
 
 
 def run(args) -> list[dict]:
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    device, dtype = torch.device(args.device), PRECISIONS[args.dtype]
     cfg = get_preset(args.preset)
     with torch.device(device):
         dit = DiT(cfg.dit).eval().to(dtype)
@@ -154,7 +153,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="etta")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--dtype", choices=sorted(PRECISIONS), default="fp32")
     parser.add_argument(
         "--ops",
         type=lambda s: s.split(","),

@@ -48,6 +48,7 @@ from etta_engine.models.conditioning import DiTConditioning
 from etta_engine.models.model import ETTAModel
 from etta_engine.ops._csrc import csrc_unusable
 from etta_engine.ops._dispatch import triton_unusable
+from etta_engine.pipeline import PRECISIONS, TEXT_PRECISIONS
 from etta_engine.sampling import cfg, steps_for
 from etta_engine.train.losses import MultiResolutionSTFTLoss
 
@@ -64,7 +65,6 @@ RUNTIME_BACKENDS = {
     "tensorrt-plain": ("tensorrt", False),
 }
 VAE_OPS = {"engine-triton": "triton", "engine-cuda": "cuda"}  # the VAE decoder's Snake-beta ops per backend
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EXPORT_DTYPES = {"fp32": "fp32", "fp16": "fp16"}  # sweep dtype -> ONNX export dtype
 
 
@@ -247,9 +247,9 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict, on_updat
     with torch.no_grad():
         for scale in args.cfg_scales:  # the high-accuracy solution of each guidance setting, all in fp32
             references[scale] = generate("eager", "rk4", args.reference_nfe, scale)[:2]
-        model.dit.to(DTYPES[args.dtype])
-        model.vae.to(DTYPES[args.vae_dtype])
-        model.text_encoder.to(DTYPES[args.text_dtype])
+        model.dit.to(PRECISIONS[args.dtype])
+        model.vae.to(PRECISIONS[args.vae_dtype])
+        model.text_encoder.to(PRECISIONS[args.text_dtype])
         compiled = torch.compile(model.dit) if "compile" in backends else None
         engines = {b: make_engine(b, model.dit, graphs) for b in backends if b.startswith("engine-")}
         for backend, solver, nfe, scale in tqdm(cells, desc="sweep", unit="cell"):
@@ -340,9 +340,9 @@ def main() -> None:
     parser.add_argument("--text-encoder", default=None, help="local T5 directory (default: the model's own, or for "
                         "a preset without it here a random encoder of its size)")  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="the DiT's precision")
-    parser.add_argument("--vae-dtype", choices=sorted(DTYPES), default="fp32", help="the VAE decoder's (official)")
-    parser.add_argument("--text-dtype", choices=["bf16", "fp32"], default="fp32", help="the T5 encoder's")
+    parser.add_argument("--dtype", choices=sorted(PRECISIONS), default="fp32", help="the DiT's precision")
+    parser.add_argument("--vae-dtype", choices=sorted(PRECISIONS), default="fp32", help="the VAE decoder's (official)")
+    parser.add_argument("--text-dtype", choices=TEXT_PRECISIONS, default="fp32", help="the T5 encoder's")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--nfes", type=lambda s: [int(v) for v in s.split(",")], default=list(NFES))
     parser.add_argument("--solvers", type=lambda s: s.split(","), default=list(SOLVERS))

@@ -37,11 +37,11 @@ from etta_engine.config import OPS_IMPLS, PRESETS, VAEConfig, get_preset
 from etta_engine.export.onnx import fold_weight_norm
 from etta_engine.models.model import ETTAModel
 from etta_engine.models.vae import VAE, OobleckDecoder, SnakeBeta
+from etta_engine.pipeline import PRECISIONS
 from etta_engine.train.losses import MultiResolutionSTFTLoss
 
 VARIANTS = ("fp32", "fp32-folded", "bf16", "bf16-naive-snake", "fp16")
 CALIBRATION_SNR_DB = (40, 60)  # rows of the reference plus white noise, to read the distances by
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NaiveSnake(nn.Module):
@@ -75,7 +75,7 @@ def decoder_variant(decoder: OobleckDecoder, variant: str, ops: str = "auto") ->
     if variant == "fp32":
         return decoder, torch.float32
     folded = fold_weight_norm(copy.deepcopy(decoder).float())  # folded in fp32, then cast
-    dtype = DTYPES[variant.split("-")[0]]
+    dtype = PRECISIONS[variant.split("-")[0]]
     folded = _snakes(folded.to(dtype), ops, naive=variant == "bf16-naive-snake")
     return folded.eval(), dtype
 

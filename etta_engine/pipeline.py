@@ -77,12 +77,12 @@ class Audio:
 # inputs, LayerNorm statistics); in fp16 the engine adds its overflow guards. T5 overflows in fp16.
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TEXT_PRECISIONS = ("fp32", "bf16")
+_PRECISION_NAMES = {dtype: name for name, dtype in PRECISIONS.items()}
 
 
 def precision_dtype(value: str | torch.dtype, part: str, allowed: Sequence[str] = tuple(PRECISIONS)) -> torch.dtype:
     """The torch dtype of a precision name (or dtype) for ``part``, with an error naming the allowed ones."""
-    names = {dtype: name for name, dtype in PRECISIONS.items()}
-    name = names.get(value) if isinstance(value, torch.dtype) else value
+    name = _PRECISION_NAMES.get(value) if isinstance(value, torch.dtype) else value
     if name not in allowed:
         why = " (T5 overflows in fp16)" if part == "text" and name == "fp16" else ""
         raise ValueError(f"{part} precision {value!r} is not supported{why}; choices: {list(allowed)}")
@@ -90,7 +90,7 @@ def precision_dtype(value: str | torch.dtype, part: str, allowed: Sequence[str] 
 
 
 def precision_name(dtype: torch.dtype) -> str:
-    return {d: n for n, d in PRECISIONS.items()}.get(dtype, str(dtype))
+    return _PRECISION_NAMES.get(dtype, str(dtype))
 
 
 class Pipeline:
