@@ -108,6 +108,17 @@ def write_results(name: str, env: dict, rows: list[dict], out: Path | None = Non
     return path
 
 
+def ort_without_cuda(device: torch.device) -> str | None:
+    """Why ONNX Runtime rows on ``device`` would mislead, or None: on a CUDA device, an onnxruntime without the
+    CUDA provider would time the CPU under the GPU's name (and take minutes at the etta size)."""
+    import onnxruntime
+
+    providers = onnxruntime.get_available_providers()
+    if device.type == "cuda" and "CUDAExecutionProvider" not in providers:
+        return f"this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu), only {providers}"
+    return None
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

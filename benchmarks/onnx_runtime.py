@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import benchmark_model, environment, pyplot, save_figure, synchronize, write_results
+from _common import benchmark_model, environment, ort_without_cuda, pyplot, save_figure, synchronize, write_results
 
 STAGES = ("conditioner", "dit_prepare", "dit_step", "dit_cfg_step", "sampling_loop", "vae_decode", "total")
 # What the torch rows time: the stages run the eager modules; "total" is Pipeline.generate, with whatever
@@ -258,16 +258,12 @@ def main(argv=None) -> Path:
     if args.depth is not None:
         model = with_depth(model, args.depth)
     model.eval()
-    if "onnxruntime" in backends and device.type == "cuda":
-        import onnxruntime
-
-        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            # Its rows would time the CPU provider next to torch on the GPU (and take minutes at the etta size).
-            print(f"this onnxruntime has no CUDAExecutionProvider (only {onnxruntime.get_available_providers()}):"
-                  " no ONNX Runtime rows next to torch on cuda (pip install onnxruntime-gpu)")  # fmt: skip
-            backends.remove("onnxruntime")
-            if not backends:
-                raise SystemExit("no backend left to time (add torch or tensorrt to --backends)")
+    reason = ort_without_cuda(device) if "onnxruntime" in backends else None
+    if reason is not None:
+        print(f"{reason}: no ONNX Runtime rows next to torch on {device}")
+        backends.remove("onnxruntime")
+        if not backends:
+            raise SystemExit("no backend left to time (add torch or tensorrt to --backends)")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         onnx_dir = args.onnx

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import benchmark_model, environment, synchronize, write_results
+from _common import benchmark_model, environment, ort_without_cuda, synchronize, write_results
 from tqdm.auto import tqdm
 
 from etta_engine.engine import DiTEngine, evaluation_times, sample_graphed
@@ -78,13 +78,10 @@ def backend_unusable(name: str, device: torch.device, dtype: str = "fp32") -> st
         return f"the ONNX export has no {dtype} (choices: {sorted(EXPORT_DTYPES)})"
     if name.startswith("onnx"):
         try:
-            import onnxruntime
+            import onnxruntime  # noqa: F401
         except ImportError:
             return "onnxruntime is not installed (pip install 'etta_engine[runtime]')"
-        if device.type == "cuda" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            # Its rows would time the CPU provider under a GPU's name (and take minutes at the etta size).
-            providers = onnxruntime.get_available_providers()
-            return f"this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu), only {providers}"
+        return ort_without_cuda(device)
     if name.startswith("tensorrt"):
         try:
             import tensorrt  # noqa: F401
@@ -274,6 +271,7 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict, on_updat
                     on_update(rows, failures)
                 continue
             x_ref, audio_ref = references[scale]
+            graphed_here = backend.startswith("engine") and device.type == "cuda"  # T5 and the VAE decoder
             stages = {k: statistics.median(t[k] for t in timings) for k in timings[0]}
             e2e = statistics.median(e2e_all)
             peak = None  # CPU: not measured; the runtime backends allocate outside torch
@@ -291,8 +289,8 @@ def sweep(args, model: ETTAModel, backends: list[str], pipelines: dict, on_updat
                     "dtype": args.dtype,
                     "vae_dtype": None if backend in pipelines else args.vae_dtype,  # runtime: the export's
                     "text_dtype": None if backend in pipelines else args.text_dtype,
-                    "text_cuda_graph": backend.startswith("engine") and device.type == "cuda",
-                    "vae_cuda_graph": backend.startswith("engine") and device.type == "cuda",
+                    "text_cuda_graph": graphed_here,
+                    "vae_cuda_graph": graphed_here,
                     "padding": args.padding,
                     "cuda_graph": args.cuda_graph if backend in engines and device.type == "cuda" else None,
                     "runtime": _runtime_info(pipelines.get(backend)),

@@ -426,5 +426,8 @@ def test_runtime_benchmark_refuses_cpu_provider_rows_on_a_cuda_device(tmp_path):
            "--backends", "onnxruntime", "--out", str(tmp_path)]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode != 0
-    assert f"no CUDAExecutionProvider (only {ort.get_available_providers()})" in result.stdout
+    assert (
+        f"no CUDAExecutionProvider (pip install onnxruntime-gpu), only {ort.get_available_providers()}: no ONNX"
+        in result.stdout
+    )
     assert "no backend left to time" in result.stderr and not list(tmp_path.iterdir())
