@@ -75,6 +75,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         audio_prompt=args.audio_prompt,
         audio_prompt_scale=args.audio_prompt_scale,
         decode_chunk_frames=args.decode_chunk or None,
+        truncate=args.truncate,
         padding=args.padding,
         progress=not args.quiet,
     )
@@ -102,6 +103,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         cfg_scale=args.cfg_scale,
         inversion_cfg_scale=args.inversion_cfg_scale,
+        truncate=args.truncate,
         progress=not args.quiet,
     )
     path = audio.save(output)
@@ -394,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--text-encoder", default=None)
     ed.add_argument("--device", default=None)
     add_precision_args(ed)
+    ed.add_argument("--truncate", action="store_true", help="cut over-long prompts (default: refuse them)")
     ed.add_argument("--quiet", action="store_true")
     ed.set_defaults(func=cmd_edit)
 

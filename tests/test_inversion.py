@@ -107,7 +107,7 @@ def test_edit_errors(pipe):
         pipe.edit(torch.zeros(2, 2, 22050), "x", progress=False)
 
 
-def test_edit_command_writes_the_edited_clip(pipe, tmp_path):
+def test_edit_command_writes_the_edited_clip(pipe, tmp_path, capsys):
     model = E.save(tmp_path / "model.safetensors", pipe.model)
     sf.write(tmp_path / "in.wav", 0.3 * torch.randn(11025, 2).numpy(), 22050)  # resampled to 44.1 kHz
     argv = ["edit", str(tmp_path / "in.wav"), "a dog barks", "-o", str(tmp_path / "out.wav"), "--model", str(model)]
@@ -115,6 +115,11 @@ def test_edit_command_writes_the_edited_clip(pipe, tmp_path):
     info = sf.info(tmp_path / "out.wav")
     assert info.samplerate == 44100 and info.channels == 2 and abs(info.duration - 0.5) < 0.01
     assert cli.main([*argv, "--solver", "dpmpp_2m", "--quiet"]) == 2
+    argv[2] = "y" * 130  # over the tiny model's 128 tokens: refused, unless --truncate
+    capsys.readouterr()
+    assert cli.main([*argv, "--nfe", "2", "--quiet"]) == 2
+    assert "131 tokens long" in capsys.readouterr().err
+    assert cli.main([*argv, "--nfe", "2", "--quiet", "--truncate"]) == 0
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun", "midpoint", "rk4"])

@@ -418,6 +418,29 @@ def test_etta_generate_backend_onnx(onnx_dir, tmp_path, capsys):
     assert "unknown solver 'dopri5'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_cli_refuses_an_over_long_prompt_unless_truncate(backend, onnx_dir, tmp_path, capsys):
+    """A prompt over the text encoder's limit is refused, naming the flag; with --truncate it generates what its
+    first tokens do (the tiny model's byte tokenizer keeps 127 bytes and </s>)."""
+    if backend == "torch":  # the exported model (the tiny preset, fully random: its text reaches the output)
+        from etta_engine.checkpoint import save
+
+        model = ["--model", str(save(tmp_path / "tiny.safetensors", tiny_model()))]
+    else:
+        model = ["--backend", "onnx", "--model", str(onnx_dir)]
+    argv = ["generate", *model, "--seconds", "0.5", "--nfe", "1", "--cfg-scale", "1", "--quiet"]
+    long, kept = tmp_path / "long.wav", tmp_path / "kept.wav"
+    assert etta([*argv, "y" * 130, "-o", str(long)]) == 2
+    err = capsys.readouterr().err
+    assert "prompt 0 is 131 tokens long, over the text encoder's limit of 128 tokens" in err and "--truncate" in err
+    assert not long.exists()
+    assert etta([*argv, "y" * 130, "-o", str(long), "--truncate"]) == 0
+    assert etta([*argv, "y" * 127, "-o", str(kept)]) == 0
+    assert np.array_equal(sf.read(long)[0], sf.read(kept)[0])
+    assert etta([*argv, "x" * 127, "-o", str(tmp_path / "other.wav")]) == 0  # the prompt does matter
+    assert not np.array_equal(sf.read(long)[0], sf.read(tmp_path / "other.wav")[0])
+
+
 # ------------------------------------------------------------------ bad exports and bad inputs
 
 

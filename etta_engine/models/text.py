@@ -136,7 +136,7 @@ class T5TextEncoder(nn.Module):
                 if n > L:
                     raise ValueError(
                         f"prompt {i} is {n} tokens long, over the text encoder's limit of {L} tokens "
-                        "(text.max_length); shorten it or pass truncate=True"
+                        "(text.max_length); shorten it or pass truncate=True (--truncate on the command line)"
                     )
         enc = self.tokenizer(list(prompts), padding=padding, max_length=L, truncation=True, return_tensors="pt")
         ids, mask = enc["input_ids"], enc["attention_mask"].bool()

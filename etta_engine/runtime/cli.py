@@ -57,6 +57,7 @@ def generate_from_args(args: argparse.Namespace, backend: str, command: str) -> 
         seed=args.seed,
         negative_prompt=args.negative_prompt,
         decode_chunk_frames=args.decode_chunk or None,
+        truncate=args.truncate,
         padding=args.padding,
         progress=not args.quiet,
     )
@@ -90,6 +91,11 @@ def add_sampling_args(g: argparse.ArgumentParser) -> None:
         choices=("max_length", "longest"),
         help="pad prompts to the text encoder's length (as the official code) or to the longest prompt rounded up "
         "to 32 tokens (the same audio up to rounding, faster)",
+    )
+    g.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut prompts longer than the text encoder's limit (default: refuse them) to their first tokens",
     )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 

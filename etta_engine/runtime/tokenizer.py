@@ -77,7 +77,7 @@ class _Tokenizer:
                 if not truncate:
                     raise ValueError(
                         f"prompt {i} is {len(ids)} tokens long, over the text encoder's limit of {L} tokens "
-                        "(text.max_length); shorten it or pass truncate=True"
+                        "(text.max_length); shorten it or pass truncate=True (--truncate on the command line)"
                     )
                 ids = self._truncate(ids, text)
             rows.append(ids)
