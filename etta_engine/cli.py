@@ -7,7 +7,14 @@ import dataclasses
 import logging
 import sys
 
-from etta_engine.runtime.cli import add_runtime_args, add_sampling_args, check_output, output_paths, read_prompts
+from etta_engine.runtime.cli import (
+    add_runtime_args,
+    add_sampling_args,
+    check_output,
+    read_prompts,
+    sampling_options,
+    save_clips,
+)
 
 # --backend of `etta generate` -> the runtime backend (torch is the Pipeline itself)
 _RUNTIME_BACKENDS = {"onnx": "onnxruntime", "tensorrt": "tensorrt"}
@@ -59,29 +66,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pipe.set_precision(args.dtype, vae=args.vae_dtype, text=args.text_dtype)
     audio = pipe.generate(
         prompts,
-        seconds=args.seconds,
-        nfe=args.nfe,
-        solver=args.solver,
-        schedule=args.schedule,
-        cfg_scale=args.cfg_scale,
-        cfg_rescale=args.cfg_rescale,
-        cfg_interval=tuple(args.cfg_interval) if args.cfg_interval else None,
-        seed=args.seed,
-        negative_prompt=args.negative_prompt,
+        **sampling_options(args),
         init_audio=init_audio,
         init_sample_rate=init_rate,
         strength=args.strength,
         keep=args.keep or None,
         audio_prompt=args.audio_prompt,
         audio_prompt_scale=args.audio_prompt_scale,
-        decode_chunk_frames=args.decode_chunk or None,
-        truncate=args.truncate,
-        padding=args.padding,
-        progress=not args.quiet,
     )
-    for i, path in enumerate(output_paths(output, len(prompts))):
-        audio.save(path, index=i)
-        print(f"wrote {path} ({audio.seconds:.2f} s, {audio.sample_rate} Hz, {audio.waveform.shape[1]} ch)")
+    save_clips(audio, output, len(prompts))
     return 0
 
 

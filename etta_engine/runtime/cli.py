@@ -45,8 +45,13 @@ def generate_from_args(args: argparse.Namespace, backend: str, command: str) -> 
     providers = args.providers.split(",") if getattr(args, "providers", None) else None
     options = {name: getattr(args, name, None) for name in ("threads", "cached")}
     pipe = RuntimePipeline(args.model, backend=backend, providers=providers, **options)
-    audio = pipe.generate(
-        prompts,
+    save_clips(pipe.generate(prompts, **sampling_options(args)), output, len(prompts))
+    return 0
+
+
+def sampling_options(args: argparse.Namespace) -> dict:
+    """The ``generate`` keyword arguments of the options :func:`add_sampling_args` parsed (both pipelines')."""
+    return dict(
         seconds=args.seconds,
         nfe=args.nfe,
         solver=args.solver,
@@ -61,10 +66,13 @@ def generate_from_args(args: argparse.Namespace, backend: str, command: str) -> 
         padding=args.padding,
         progress=not args.quiet,
     )
-    for i, path in enumerate(output_paths(output, len(prompts))):
+
+
+def save_clips(audio, output: Path, n: int) -> None:
+    """Write clip i of ``audio`` to the i-th of :func:`output_paths` and say so."""
+    for i, path in enumerate(output_paths(output, n)):
         audio.save(path, index=i)
         print(f"wrote {path} ({audio.seconds:.2f} s, {audio.sample_rate} Hz, {audio.waveform.shape[1]} ch)")
-    return 0
 
 
 def add_sampling_args(g: argparse.ArgumentParser) -> None:
