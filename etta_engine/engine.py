@@ -460,8 +460,8 @@ class DiTEngine:
                 prepared.calls = len(prepared.times)
                 x = self.cache.warm_up(noise.device, lambda: fn(noise, *inputs))
                 return SampleResult(x=x, nfe=len(prepared.times), steps=steps)
-            stream = self.cache.stream(noise.device) if capture else None
-            loop = self.cache.keep(key, StaticStep(fn, (noise,), inputs, capture, stream))
+            place = (self.cache.stream(noise.device), self.cache.pool(noise.device)) if capture else (None, None)
+            loop = self.cache.keep(key, StaticStep(fn, (noise,), inputs, capture, *place))
             loop.times = times
         else:
             _check_times(prepared, loop.times)

@@ -34,11 +34,16 @@ def static_mode(mode, x: torch.Tensor) -> str | None:
 
 class GraphCache:
     """The static functions (:class:`StaticStep`) of one owner by key, the last ``size`` used kept, and per CUDA
-    device the side stream on which they are warmed up and captured.
+    device the side stream on which they are warmed up and captured and the memory pool their graphs share.
 
     A key's first use on a CUDA device runs eagerly on that stream (:meth:`warm_up`): it does there what must not
     happen during a capture (cuBLAS handles and workspaces, which are per stream, Triton compilation and
     autotuning, torch.compile's tracing); its second use captures.
+
+    The graphs of one cache share one memory pool per device, so that the activations of, say, the VAE's window
+    shapes take the memory of the largest, not of all together. Sharing is safe here: they run on the stream
+    that calls them, one after another, and each call copies its output out of the pool before the next replay
+    (:class:`StaticStep`), so no graph reads what another's replay overwrote.
     """
 
     def __init__(self, size: int = GRAPH_CACHE_SIZE) -> None:
@@ -46,6 +51,7 @@ class GraphCache:
         self.graphs: OrderedDict[tuple, StaticStep] = OrderedDict()
         self.warm: OrderedDict[tuple, None] = OrderedDict()  # keys warmed up, to be captured at their next use
         self.streams: dict[torch.device, torch.cuda.Stream] = {}
+        self.pools: dict[torch.device, tuple] = {}
 
     def __deepcopy__(self, memo) -> GraphCache:
         """An empty cache: graphs read their owner's buffers, so a copy of the owner (an EMA copy of a model) must
@@ -92,7 +98,8 @@ class GraphCache:
             device = call[0].device
             if capture and self.first_use(key):
                 return self.warm_up(device, lambda: fn(*call, *shared))
-            static = self.keep(key, StaticStep(fn, call, shared, capture, self.stream(device) if capture else None))
+            place = (self.stream(device), self.pool(device)) if capture else (None, None)
+            static = self.keep(key, StaticStep(fn, call, shared, capture, *place))
         return static(call, shared, owner=owner)
 
     def stream(self, device: torch.device) -> torch.cuda.Stream:
@@ -100,6 +107,14 @@ class GraphCache:
         if device not in self.streams:
             self.streams[device] = torch.cuda.Stream(device)
         return self.streams[device]
+
+    def pool(self, device: torch.device) -> tuple:
+        """The memory pool that this cache's graphs on ``device`` share (captured on :meth:`stream`, as sharing
+        a pool requires)."""
+        if device not in self.pools:
+            with torch.cuda.device(device):
+                self.pools[device] = torch.cuda.graph_pool_handle()
+        return self.pools[device]
 
     def warm_up(self, device: torch.device, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
         """``fn()`` run eagerly on the side stream of ``device``, ordered with the current stream both ways."""
@@ -130,6 +145,7 @@ class StaticStep:
         shared: Sequence[torch.Tensor | None],
         capture: bool,
         stream: torch.cuda.Stream | None = None,
+        pool: tuple | None = None,
     ) -> None:
         self.fn = fn
         self.call = [t.clone() for t in call]
@@ -141,8 +157,9 @@ class StaticStep:
         if capture:
             self.graph = torch.cuda.CUDAGraph()
             # Capture records the kernels without running them (the output buffer is written by replays), on
-            # ``stream``: the stream of the warm-up run, whose cuBLAS handles and workspaces it reuses.
-            with torch.cuda.graph(self.graph, stream=stream):
+            # ``stream``: the stream of the warm-up run, whose cuBLAS handles and workspaces it reuses; its memory
+            # comes from ``pool`` (None: a pool of its own).
+            with torch.cuda.graph(self.graph, pool=pool, stream=stream):
                 self.output = fn(*self.call, *self.shared)
 
     def __call__(self, call, shared, owner) -> torch.Tensor:

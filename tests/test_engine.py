@@ -307,6 +307,44 @@ def test_graph_cache_keeps_the_last_used_and_warms_up_each_key_once():
     assert list(cache.warm) == [3, 4]
 
 
+def test_the_graphs_of_one_cache_share_its_pool_and_stream(monkeypatch):
+    """Every capture of a cache gets that cache's side stream and memory pool (one per device); another cache
+    has its own. CUDA is faked: a capture here runs the function and records where it was captured."""
+    import contextlib
+
+    from etta_engine import graphs
+
+    captures, handles = [], iter(range(100))
+
+    class FakeGraph:
+        def replay(self):
+            pass
+
+    @contextlib.contextmanager
+    def graph(g, pool=None, stream=None):
+        captures.append((pool, stream))
+        yield
+
+    fake = dict(
+        CUDAGraph=FakeGraph,
+        graph=graph,
+        Stream=lambda device: ("stream", device),
+        graph_pool_handle=lambda: ("pool", next(handles)),
+        device=lambda d: contextlib.nullcontext(),
+    )
+    for name, value in fake.items():
+        monkeypatch.setattr(graphs.torch.cuda, name, value)
+    a, b = GraphCache(), GraphCache()
+    x = torch.ones(2)
+    for cache in (a, b):
+        for n in (1, 2):  # two shapes, each warmed up already: captured at this use
+            cache.first_use(("shape", n))
+            assert torch.equal(cache.call(("shape", n), lambda t: 2 * t, (x[:n],), (), cache, capture=True), 2 * x[:n])
+    (pool_a, stream_a), (pool_a2, stream_a2), (pool_b, _), (pool_b2, _) = captures
+    assert pool_a == pool_a2 != pool_b == pool_b2 and pool_a is not None
+    assert stream_a == stream_a2 == a.stream(x.device)
+
+
 def test_cuda_graph_mode_is_checked(tiny_cfg):
     with pytest.raises(ValueError, match=r"cuda_graph='always' is not one of \(True, 'step', False, 'eager'\)"):
         DiTEngine(_dit(tiny_cfg), cuda_graph="always")

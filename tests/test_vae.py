@@ -209,3 +209,21 @@ def test_decoder_graph_replays_equal_the_plain_decoder_on_cuda():
             assert rel_err(got, want) <= 1e-5, k  # cuDNN may pick another algorithm under capture
     (static,) = vae.graphs.graphs.values()
     assert static.graph is not None
+
+
+@pytest.mark.gpu
+def test_window_shapes_share_one_graph_pool_and_replay_in_any_order():
+    """The decoder's graphs of three window shapes share the cache's memory pool; replayed in an order other than
+    their capture's, each still equals the plain decoder (every replay's output is copied out of the pool)."""
+    vae = E.VAE(E.PRESETS["tiny"].vae).cuda().eval()
+    shapes = (15, 25, 30)
+    with torch.no_grad():
+        for _ in range(2):  # warm up, then capture each shape
+            for frames in shapes:
+                vae.decode(torch.randn(1, 64, frames, device="cuda"), cuda_graph=True)
+        statics = list(vae.graphs.graphs.values())
+        assert len(statics) == 3 and all(s.graph is not None for s in statics)
+        assert len({s.graph.pool() for s in statics}) == 1
+        for frames in (30, 15, 25, 15, 30):
+            z = torch.randn(1, 64, frames, device="cuda")
+            assert rel_err(vae.decode(z, cuda_graph=True), vae.decode(z)) <= 1e-5, frames
