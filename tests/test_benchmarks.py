@@ -212,8 +212,9 @@ def test_sweep_refuses_bad_reps_and_cpu_provider_rows_on_cuda(monkeypatch):
     assert sweep.backend_unusable("onnx", cuda) is None
 
 
-def _results(path: Path, benchmark: str, device: str, rows: list[dict]) -> Path:
-    path.write_text(json.dumps({"benchmark": benchmark, "environment": {"device": device}, "rows": rows}))
+def _results(path: Path, benchmark: str, device: str, rows: list[dict], date: str = "") -> Path:
+    environment = {"device": device, "date": date}
+    path.write_text(json.dumps({"benchmark": benchmark, "environment": environment, "rows": rows}))
     return path
 
 
@@ -232,22 +233,38 @@ def test_goals_table_picks_the_best_matching_row_of_each_goal(tmp_path, capsys, 
     files = [
         _results(tmp_path / "a.json", "sweep", gpu, [cell("eager", 100, 900.0), cell("engine-cuda", 100, 110.0),
                                                     cell("engine-cuda", 8, 21.0), cell("engine-cuda", 4, 1.0),
-                                                    cell("engine-cuda", 8, 2.0, cfg_scale=1.0)]),
+                                                    cell("engine-cuda", 8, 2.0, cfg_scale=1.0)], "2026-01-01"),
         _results(tmp_path / "b.json", "sweep", gpu, [cell("engine-triton", 100, 118.0),
-                                                    cell("engine-triton", 8, 19.0, vae_dtype="bf16")]),
+                                                    cell("engine-triton", 8, 19.0, vae_dtype="bf16"),
+                                                    {"backend": "onnx", "error": "no CUDA provider"}], "2026-02-01"),
         _results(tmp_path / "cpu.json", "sweep", "cpu: AMD EPYC", [cell("engine-torch", 8, 5.0)]),  # not a GPU's
         _results(tmp_path / "c.json", "engine_step", gpu, [step("reference", 10.0), step("engine-cuda", 4.0),
                                                            step("engine-cuda-unfused", 1.0)]),
         _results(tmp_path / "d.json", "engine_step", gpu, [step("reference", 12.0), step("engine", 3.0),
                                                            step("compile", 6.0), step("engine-compile", 4.0)]),
         _results(tmp_path / "e.json", "engine_step", "cpu: AMD EPYC", [step("reference", 5000.0, "fp32"),
-                                                                       step("engine-torch", 4400.0, "fp32")]),
+                                                                       step("engine-torch", 4400.0, "fp32")],
+                 "2026-01-01"),
+        _results(tmp_path / "f.json", "engine_step", "cpu: AMD EPYC", [step("reference", 4200.0, "fp32"),
+                                                                       step("engine-torch", 4000.0, "fp32")],
+                 "2026-03-01"),
         _results(tmp_path / "ops.json", "ops", gpu, [{"op": "gelu_tanh"}]),
     ]  # fmt: skip
     (tmp_path / "broken.json").write_text("{")
     goals.main([str(p) for p in [*files, tmp_path / "broken.json"]])
     out = capsys.readouterr()
-    lines = {line[:34].strip(): line for line in out.out.splitlines()[1:]}
+    printed = out.out.splitlines()[1:]
+    lines = {line[:34].strip(): line for line in printed if line[:34].strip()}
+    # Under a best from an older file, the newest file's value: b.json's 118 ms under a.json's 110 ms (NFE 100),
+    # f.json's 1.05x (not met) under e.json's 1.14x; for NFE 8 the newest (b.json) is the best: no second line.
+    latest = {printed[i - 1][:34].strip(): line for i, line in enumerate(printed) if not line[:34].strip()}
+    assert sorted(latest) == ["DiT step vs eager (CPU, etta fp32)", "end to end, Euler NFE 100"]
+    assert "latest" in latest["end to end, Euler NFE 100"] and "118.0 ms" in latest["end to end, Euler NFE 100"]
+    assert "(b.json)" in latest["end to end, Euler NFE 100"]
+    assert (
+        "1.05x" in latest["DiT step vs eager (CPU, etta fp32)"]
+        and "NOT met" in latest["DiT step vs eager (CPU, etta fp32)"]
+    )
     assert "passing over" in out.err and "broken.json" in out.err
     assert "110.0 ms" in lines["end to end, Euler NFE 100"] and " met " in lines["end to end, Euler NFE 100"]
     assert "engine-cuda bf16 (VAE fp32, T5 fp32) on NVIDIA H200" in lines["end to end, Euler NFE 100"]
