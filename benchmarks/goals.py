@@ -77,7 +77,7 @@ def load(paths: list[Path]) -> list[tuple[Path, dict]]:
     for path in paths:
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # unreadable, not UTF-8 (a plot), not JSON
             print(f"passing over {path}: {e}", file=sys.stderr)
             continue
         if isinstance(data, dict) and "rows" in data and "environment" in data:

@@ -58,16 +58,20 @@ LIMIT="${PHASE_LIMIT_S:-480}"
 DEADLINE="${DEADLINE_S:-510}"
 RESERVE="${RESERVE_S:-20}"
 MIN_PHASE="${MIN_PHASE_S:-30}"
-# The plan's sizes. REHEARSAL=1 shrinks the goals, step, compile and variants phases to the tiny preset on a CPU
-# (1 s, few steps, one rep): a check, where no GPU is, of every command line the lease will run (a CI test).
+# The plan's sizes. REHEARSAL=1 shrinks every benchmark phase to the tiny preset on a CPU (1 s, few steps, one
+# rep; ops at its smoke shapes, the sweep to two NFEs, the ONNX export in fp32, which ONNX Runtime's CPU provider
+# runs): a check, where no GPU is, of every command line the lease will run (CI rehearses the default plan's).
 if [ -n "${REHEARSAL:-}" ]; then
   PRESET=tiny DEVICE=cpu SECS=1 NFES=2 REF_NFE=4 REPS=1 STEP_NFE=2 STEP_REPS=1 STEP_FRAMES=9
+  OPS_SIZE=--smoke ONNX_DTYPE=fp32 TRAIN_STEPS=2 SWEEP_SIZE="--seconds 1 --nfes 1,2 --reference-nfe 4"
   export TRITON_INTERPRET=1  # the Triton backends too
 else
   PRESET=etta DEVICE=cuda SECS=10 NFES=8,100 REF_NFE=200 REPS=5 STEP_NFE=100 STEP_REPS=20 STEP_FRAMES=215
+  OPS_SIZE="" ONNX_DTYPE=fp16 TRAIN_STEPS=10 SWEEP_SIZE=""
 fi
 RESULTS="${RESULTS_DIR:-$ROOT/benchmarks/results}"  # where the benchmarks write their rows
-export PRESET DEVICE SECS NFES REF_NFE REPS STEP_NFE STEP_REPS STEP_FRAMES RESULTS
+export PRESET DEVICE SECS NFES REF_NFE REPS STEP_NFE STEP_REPS STEP_FRAMES OPS_SIZE ONNX_DTYPE TRAIN_STEPS SWEEP_SIZE
+export RESULTS
 call_start=$(date +%s)
 mkdir -p "$OUT/logs" "$RESULTS"
 touch "$OUT/.start"
@@ -118,26 +122,31 @@ step() {
     return
   "$PY" benchmarks/engine_step.py "${STEP_ARGS[@]}" --dtype fp32 --ops torch,triton,cuda
 }
-sweep() { "$PY" benchmarks/sweep.py --model etta --device cuda --dtype bf16 --out "$RESULTS"; }
+sweep() {
+  # shellcheck disable=SC2086  # $SWEEP_SIZE: flags, one per word
+  "$PY" benchmarks/sweep.py --model "$PRESET" --device "$DEVICE" --dtype bf16 $SWEEP_SIZE --out "$RESULTS"
+}
 vae() {
-  local kernels=(--model etta --seconds 10 --device cuda --variants fp32,fp32-folded,bf16,fp16 --out "$RESULTS")
-  "$PY" benchmarks/vae_precision.py --model etta --seconds 10 --device cuda --out "$RESULTS" &&
-    "$PY" benchmarks/vae_precision.py "${kernels[@]}" --ops triton &&
-    "$PY" benchmarks/vae_precision.py "${kernels[@]}" --ops cuda &&
-    "$PY" benchmarks/vae_precision.py --model demo --device cuda --out "$RESULTS"
+  local size=(--model "$PRESET" --seconds "$SECS" --device "$DEVICE" --out "$RESULTS")
+  "$PY" benchmarks/vae_precision.py "${size[@]}" &&
+    "$PY" benchmarks/vae_precision.py "${size[@]}" --variants fp32,fp32-folded,bf16,fp16 --ops triton &&
+    "$PY" benchmarks/vae_precision.py "${size[@]}" --variants fp32,fp32-folded,bf16,fp16 --ops cuda &&
+    "$PY" benchmarks/vae_precision.py --model demo --device "$DEVICE" --out "$RESULTS"
 }
 ops() {
-  "$PY" benchmarks/ops.py --device cuda --out "$RESULTS" || return
+  # shellcheck disable=SC2086  # $OPS_SIZE: a flag or nothing
+  "$PY" benchmarks/ops.py --device "$DEVICE" $OPS_SIZE --out "$RESULTS" || return
   local latest
   latest=$(ls -t "$RESULTS"/ops-*.json | head -n 1)
   "$PY" benchmarks/plot_ops.py "$latest"
 }
 onnx() {
-  "$PY" benchmarks/onnx_runtime.py --preset etta --dtype fp16 --seconds 10 --nfe 100 --device cuda \
-    --backends onnxruntime,tensorrt,torch --out "$RESULTS"
+  "$PY" benchmarks/onnx_runtime.py --preset "$PRESET" --dtype "$ONNX_DTYPE" --seconds "$SECS" --nfe "$STEP_NFE" \
+    --device "$DEVICE" --backends onnxruntime,tensorrt,torch --out "$RESULTS"
 }
 train() {
-  "$PY" benchmarks/train_dit_throughput.py --preset etta --batch 8 --precision bf16 --device cuda --out "$RESULTS"
+  "$PY" benchmarks/train_dit_throughput.py --preset "$PRESET" --batch 8 --precision bf16 --steps "$TRAIN_STEPS" \
+    --device "$DEVICE" --out "$RESULTS"
 }
 
 {
@@ -171,9 +180,10 @@ for item in "${plan[@]}"; do
   [ $rc -ne 0 ] && status=$rc
 done
 new=$(find "$RESULTS" -newer "$OUT/.start" -type f -not -name '.*' 2>/dev/null)
-if [ -n "$new" ]; then
-  # shellcheck disable=SC2086  # $new: one result path per word
-  "$PY" benchmarks/goals.py $new 2>&1 | tee "$OUT/logs/goals_table.txt"
+rows=$(echo "$new" | grep '\.json$')  # the plots (png) are not rows
+if [ -n "$rows" ]; then
+  # shellcheck disable=SC2086  # $rows: one result path per word
+  "$PY" benchmarks/goals.py $rows 2>&1 | tee "$OUT/logs/goals_table.txt"
 fi
 # The rows under benchmarks/results/ in the archive (wherever RESULTS_DIR put them): unpacked at the repository
 # root, they join the committed ones.

@@ -251,7 +251,8 @@ def test_goals_table_picks_the_best_matching_row_of_each_goal(tmp_path, capsys, 
         _results(tmp_path / "ops.json", "ops", gpu, [{"op": "gelu_tanh"}]),
     ]  # fmt: skip
     (tmp_path / "broken.json").write_text("{")
-    goals.main([str(p) for p in [*files, tmp_path / "broken.json"]])
+    (tmp_path / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # not UTF-8: passed over too, not a crash
+    goals.main([str(p) for p in [*files, tmp_path / "broken.json", tmp_path / "plot.png"]])
     out = capsys.readouterr()
     printed = out.out.splitlines()[1:]
     lines = {line[:34].strip(): line for line in printed if line[:34].strip()}
@@ -265,7 +266,7 @@ def test_goals_table_picks_the_best_matching_row_of_each_goal(tmp_path, capsys, 
         "1.05x" in latest["DiT step vs eager (CPU, etta fp32)"]
         and "NOT met" in latest["DiT step vs eager (CPU, etta fp32)"]
     )
-    assert "passing over" in out.err and "broken.json" in out.err
+    assert "passing over" in out.err and "broken.json" in out.err and "plot.png" in out.err
     assert "110.0 ms" in lines["end to end, Euler NFE 100"] and " met " in lines["end to end, Euler NFE 100"]
     assert "engine-cuda bf16 (VAE fp32, T5 fp32) on NVIDIA H200" in lines["end to end, Euler NFE 100"]
     nfe8 = lines["end to end, Euler NFE 8"]  # the NFE 4, CFG-off and CPU rows are not the goal's cells

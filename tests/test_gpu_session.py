@@ -94,3 +94,22 @@ def test_rehearsal_runs_every_command_of_the_default_plans_benchmarks(tmp_path):
     assert all(d["environment"]["complete"] and not d["environment"]["failures"] for d in sweeps)
     assert any("profiles" in d["environment"] for d in steps)  # the bf16 run lists its top kernels
     assert "goal" in (tmp_path / "out" / "logs" / "goals_table.txt").read_text()
+
+
+@pytest.mark.slow
+def test_rehearsal_of_the_second_calls_onnx_and_train_phases(tmp_path):
+    """The onnx and train phases' command lines at the tiny size on this CPU (vae and ops take minutes here: run
+    `REHEARSAL=1 scripts/gpu_session.sh vae:600 ops:600` by hand). The table at the end reads only the JSON rows,
+    not the plots."""
+    results = tmp_path / "results"
+    out = run(tmp_path / "out", "onnx", "train", REHEARSAL="1", RESULTS_DIR=str(results))
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "== onnx: exit 0" in out.stdout and "== train: exit 0" in out.stdout
+    names = sorted(p.name for p in results.iterdir())
+    assert [n.split("-")[0] for n in names] == ["onnx_runtime", "onnx_runtime", "train_dit_throughput"], names
+    assert names[1].endswith(".png")
+    onnx = json.loads((results / names[0]).read_text())
+    assert {r["backend"] for r in onnx["rows"]} == {"onnxruntime", "onnxruntime-plain", "torch"}
+    assert "tensorrt is not installed: no TensorRT rows" in (tmp_path / "out" / "logs" / "onnx.log").read_text()
+    table = (tmp_path / "out" / "logs" / "goals_table.txt").read_text()
+    assert "goal" in table and "Traceback" not in table and "passing over" not in table
