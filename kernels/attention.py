@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from etta_engine.kernels import interpreting
+from etta_engine.kernels.support import interpreting
 
 LOG2E = 1.4426950408889634
 BLOCK_N = 64  # keys per inner step

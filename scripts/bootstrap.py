@@ -8,7 +8,7 @@ PyTorch is installed first, as the machine needs it:
 - a machine without one gets a CPU build. The resolution is checked before anything is installed,
   and a plan that would pull CUDA packages is refused: they are several GB and of no use there.
 Then ``pip install -e .[extras]`` builds the C++/CUDA extension; it is redone only when the build
-inputs (pyproject.toml, CMakeLists.txt, csrc/) or the extras change.
+inputs (pyproject.toml, CMakeLists.txt, csrc/), the names of the package's Python files or the extras change.
 """
 
 from __future__ import annotations
@@ -115,6 +115,11 @@ def build_inputs_hash() -> str:
         if f.is_file():
             h.update(str(f.relative_to(ROOT)).encode())
             h.update(f.read_bytes())
+    # The names (not the contents) of the packaged Python files: the editable install maps each module to its
+    # file, so a file added, removed or renamed needs a new install.
+    for folder in ("etta_engine", "kernels"):
+        for f in sorted((ROOT / folder).rglob("*.py")):
+            h.update(str(f.relative_to(ROOT)).encode())
     return h.hexdigest()
 
 

@@ -29,7 +29,7 @@ _INTERPRETER_ROUNDING = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
 
 def err_budget_ok(kernel: torch.Tensor, naive: torch.Tensor, ref: torch.Tensor, tiny: float = 1e-6) -> bool:
     """STYLE.md rule 7: err(kernel vs fp32 ref) <= 2 * err(same-dtype torch vs fp32 ref) + tiny (relative errors)."""
-    from etta_engine.kernels import interpreting
+    from etta_engine.kernels.support import interpreting
 
     if interpreting():
         tiny += _INTERPRETER_ROUNDING.get(kernel.dtype, 0.0)

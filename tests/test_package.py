@@ -15,10 +15,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_kernels_import_as_part_of_the_package():
-    import etta_engine.kernels as kernels
+    import etta_engine.kernels.support as support
 
-    assert Path(kernels.__file__).resolve() == ROOT / "kernels" / "__init__.py"  # the editable install maps it
-    assert isinstance(kernels.triton_available(), bool)
+    assert Path(support.__file__).resolve() == ROOT / "kernels" / "support.py"  # the editable install maps it
+    assert isinstance(support.triton_available(), bool)
+
+
+def test_the_kernels_folder_does_not_hide_an_installed_kernels_package():
+    """At the repository root (first on sys.path for `python -c`, `-m` and scripts there) `kernels` is not our
+    folder as a regular package: transformers >= 5.25 imports the `kernels` distribution when it loads a model."""
+    code = (
+        "import importlib.util, transformers.activations; spec = importlib.util.find_spec('kernels'); "
+        "print(spec and spec.origin)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    origin = out.stdout.strip()  # None: our folder as a namespace portion (no `kernels` installed); else theirs
+    assert not origin.startswith(str(ROOT / "kernels")), origin
 
 
 def test_public_names():
@@ -38,7 +51,7 @@ def test_wheel_contains_kernels_and_extension_and_imports(tmp_path):
     subprocess.run(build, check=True, capture_output=True)
     (wheel,) = tmp_path.glob("etta_engine-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "etta_engine/kernels/__init__.py" in names
+    assert "etta_engine/kernels/support.py" in names and "etta_engine/kernels/adaln.py" in names
     assert "etta_engine/ops/adaln.py" in names
     assert any(n.startswith("etta_engine/_C") and n.endswith(".so") for n in names)
     assert any(n.endswith("entry_points.txt") for n in names)
@@ -50,8 +63,8 @@ def test_wheel_contains_kernels_and_extension_and_imports(tmp_path):
     zipfile.ZipFile(wheel).extractall(purelib)
     (purelib / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     code = (
-        "import etta_engine, etta_engine.kernels, etta_engine._C as C; "
-        "print(etta_engine.__file__); print(etta_engine.kernels.__file__); print(C.version())"
+        "import etta_engine, etta_engine.kernels.support, etta_engine._C as C; "
+        "print(etta_engine.__file__); print(etta_engine.kernels.support.__file__); print(C.version())"
     )
     out = subprocess.run([str(env_dir / "bin" / "python"), "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr

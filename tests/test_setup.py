@@ -37,3 +37,11 @@ def test_rebuild_is_triggered_by_build_inputs_only(tmp_path, monkeypatch):
     assert bootstrap.build_inputs_hash() == digest
     (tmp_path / "csrc" / "gelu.cpp").write_text("v2")
     assert bootstrap.build_inputs_hash() != digest
+    # A Python file's contents do not matter (the editable install reads them where they are); its name does.
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "gelu.py").write_text("v1")
+    digest = bootstrap.build_inputs_hash()
+    (tmp_path / "kernels" / "gelu.py").write_text("v2")
+    assert bootstrap.build_inputs_hash() == digest
+    (tmp_path / "kernels" / "gelu.py").rename(tmp_path / "kernels" / "gelu_tanh.py")
+    assert bootstrap.build_inputs_hash() != digest

@@ -21,7 +21,7 @@ def _always(device: torch.device) -> str | None:
 
 def triton_unusable(device: torch.device) -> str | None:
     """Why the Triton kernels cannot run on ``device``, or None if they can."""
-    from etta_engine.kernels import interpreting, triton_available
+    from etta_engine.kernels.support import interpreting, triton_available
 
     if not triton_available():
         return "triton is not installed (pip install 'etta_engine[triton]')"
