@@ -460,8 +460,7 @@ class DiTEngine:
                 prepared.calls = len(prepared.times)
                 x = self.cache.warm_up(noise.device, lambda: fn(noise, *inputs))
                 return SampleResult(x=x, nfe=len(prepared.times), steps=steps)
-            place = (self.cache.stream(noise.device), self.cache.pool(noise.device)) if capture else (None, None)
-            loop = self.cache.keep(key, StaticStep(fn, (noise,), inputs, capture, *place))
+            loop = self.cache.keep(key, self.cache.static(fn, (noise,), inputs, capture))
             loop.times = times
         else:
             _check_times(prepared, loop.times)

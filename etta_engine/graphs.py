@@ -98,9 +98,15 @@ class GraphCache:
             device = call[0].device
             if capture and self.first_use(key):
                 return self.warm_up(device, lambda: fn(*call, *shared))
-            place = (self.stream(device), self.pool(device)) if capture else (None, None)
-            static = self.keep(key, StaticStep(fn, call, shared, capture, *place))
+            static = self.keep(key, self.static(fn, call, shared, capture))
         return static(call, shared, owner=owner)
+
+    def static(self, fn, call: Sequence[torch.Tensor], shared: Sequence[torch.Tensor | None], capture: bool):
+        """A :class:`StaticStep` of ``fn`` on buffers like ``call`` and ``shared``; with ``capture``, captured on
+        this cache's stream into its pool (of the device of ``call[0]``)."""
+        device = call[0].device
+        place = (self.stream(device), self.pool(device)) if capture else (None, None)
+        return StaticStep(fn, call, shared, capture, *place)
 
     def stream(self, device: torch.device) -> torch.cuda.Stream:
         """The side stream of ``device`` on which this cache warms up and captures."""

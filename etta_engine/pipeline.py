@@ -77,6 +77,7 @@ class Audio:
 # inputs, LayerNorm statistics); in fp16 the engine adds its overflow guards. T5 overflows in fp16.
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TEXT_PRECISIONS = ("fp32", "bf16")
+PRECISION_ARGS = ("dtype", "vae_dtype", "text_dtype")  # the precision keywords of Pipeline and from_pretrained
 _PRECISION_NAMES = {dtype: name for name, dtype in PRECISIONS.items()}
 
 
@@ -191,10 +192,10 @@ class Pipeline:
         """A shipped trained model (``"demo"``, the default; loads offline), a preset name (random weights,
         seed 0) or a checkpoint file (ours or an official ETTA one). ``precision``: ``dtype``, ``vae_dtype``,
         ``text_dtype`` as for the constructor."""
-        unknown = sorted(set(precision) - {"dtype", "vae_dtype", "text_dtype"})
+        unknown = sorted(set(precision) - set(PRECISION_ARGS))
         if unknown:
-            raise TypeError(f"unexpected arguments {unknown}; precision arguments: dtype, vae_dtype, text_dtype")
-        cls._check_precision(*(precision.get(k) for k in ("dtype", "vae_dtype", "text_dtype")))  # before loading
+            raise TypeError(f"unexpected arguments {unknown}; precision arguments: {', '.join(PRECISION_ARGS)}")
+        cls._check_precision(*(precision.get(k) for k in PRECISION_ARGS))  # before loading
         if isinstance(name_or_path, str) and name_or_path in PRESETS and not is_pretrained(name_or_path):
             log.warning("preset %r has random weights: the output is noise-like, not a trained model's", name_or_path)
         return cls(load_model(name_or_path, text_encoder_path), device=device, **precision)
