@@ -99,8 +99,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         truncate=args.truncate,
         progress=not args.quiet,
     )
-    path = audio.save(output)
-    print(f"wrote {path} ({audio.seconds:.2f} s, {audio.sample_rate} Hz, {audio.waveform.shape[1]} ch)")
+    save_clips(audio, output, 1)
     return 0
 
 
