@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -15,6 +17,44 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def at_least(low: int):
+    """An argparse type: an integer >= ``low``, refused otherwise with the value and the bound."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def positive(text: str) -> float:
+    """An argparse type: a finite number > 0 (seconds of audio, say)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def at_least_list(low: int):
+    """An argparse type: comma-separated integers, each >= ``low`` ("1,2,4")."""
+    one = at_least(low)
+
+    def parse(text: str) -> list[int]:
+        return [one(v) for v in text.split(",")]
+
+    parse.__name__ = f"comma-separated integers >= {low}"
+    return parse
 
 
 def device_name(device: torch.device) -> str:

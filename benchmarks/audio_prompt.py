@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import environment, pyplot, save_figure, write_results
+from _common import at_least, environment, pyplot, save_figure, write_results
 from tqdm.auto import tqdm
 
 from etta_engine.checkpoint import file_sha256, model_reference
@@ -103,8 +103,8 @@ def main() -> None:
     p.add_argument("--model", default="demo")
     p.add_argument("--experiments", nargs="+", default=["kind", "pitch"], choices=sorted(EXPERIMENTS))
     p.add_argument("--scales", type=float, nargs="+", default=[0.0, 1.0, 2.0])
-    p.add_argument("--n", type=int, default=8, help="audio prompts per value")
-    p.add_argument("--nfe", type=int, default=16)
+    p.add_argument("--n", type=at_least(1), default=8, help="audio prompts per value")
+    p.add_argument("--nfe", type=at_least(1), default=16)
     p.add_argument("--solver", default="euler")
     p.add_argument("--cfg", type=float, default=3.5)
     p.add_argument("--seed", type=int, default=0)

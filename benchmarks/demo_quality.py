@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import environment, pyplot, save_figure, write_results
+from _common import at_least, environment, pyplot, save_figure, write_results
 from tqdm.auto import tqdm
 
 from etta_engine.checkpoint import model_reference
@@ -106,14 +106,14 @@ def plot(path: Path) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="demo", help="a trained model name or checkpoint path")
-    p.add_argument("--prompts", type=int, default=48, help="size of the seeded prompt set")
+    p.add_argument("--prompts", type=at_least(1), default=48, help="size of the seeded prompt set")
     p.add_argument("--prompt-seed", type=int, default=EVALUATION_SEED)
     p.add_argument("--seed", type=int, default=0, help="noise seed of prompt 0 (prompt i: seed + i)")
-    p.add_argument("--nfe", type=int, nargs="+", default=[2, 4, 8, 16, 32, 100])
+    p.add_argument("--nfe", type=at_least(1), nargs="+", default=[2, 4, 8, 16, 32, 100])
     p.add_argument("--solvers", nargs="+", default=["euler", "heun", "midpoint", "dpmpp_2m"], choices=sorted(SOLVERS))
     p.add_argument("--cfg", type=float, nargs="+", default=[1.0, 2.0, 3.5, 6.0])
     p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=at_least(1), default=None, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=None, help="results directory (default: benchmarks/results)")
     args = p.parse_args()
     if args.threads:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import environment, synchronize, write_results
+from _common import at_least, environment, synchronize, write_results
 from tqdm.auto import tqdm
 
 from etta_engine.config import get_preset
@@ -161,21 +161,17 @@ def main() -> None:
         help="ops implementations of the engine step, comma-separated (default: the DiT's)",
     )
     parser.add_argument("--unfused", action="store_true", help="add each engine's step without the fused seams")
-    parser.add_argument("--frames", type=int, default=215, help="latent frames (215 = 10 s)")
-    parser.add_argument("--prompt-tokens", type=int, default=24, help="valid tokens of the prompt's mask")
+    parser.add_argument("--frames", type=at_least(1), default=215, help="latent frames (215 = 10 s)")
+    parser.add_argument("--prompt-tokens", type=at_least(1), default=24, help="valid tokens of the prompt's mask")
     padding_help = "memory length: the text encoder's max_length + 2 (official) or the prompt's + 2"
     parser.add_argument("--padding", choices=["max_length", "longest"], default="max_length", help=padding_help)
-    parser.add_argument("--nfe", type=int, default=8, help="calls prepared for (the hoisted adaLN covers them)")
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--nfe", type=at_least(1), default=8, help="calls prepared for (the hoisted adaLN covers them)")
+    parser.add_argument("--reps", type=at_least(1), default=5)
     parser.add_argument("--compile", action="store_true", help="add a torch.compile(dit) row")
     profile_help = "also profile the reference and the fastest variant: their TOP kernels by time"
-    parser.add_argument("--profile", type=int, default=0, metavar="TOP", help=profile_help)
+    parser.add_argument("--profile", type=at_least(0), default=0, metavar="TOP", help=profile_help)
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args()
-    if args.reps < 1 or args.nfe < 1 or args.frames < 1:
-        parser.error("--reps, --nfe and --frames must be >= 1")
-    if args.profile < 0:
-        parser.error(f"--profile takes how many kernels to list (>= 0), got {args.profile}")
     rows, profiles = run(args)
     env = environment(torch.device(args.device))
     if profiles:

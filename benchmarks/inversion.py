@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import environment, pyplot, save_figure, synchronize, write_results
+from _common import at_least, environment, pyplot, save_figure, synchronize, write_results
 from tqdm.auto import tqdm
 
 from etta_engine.checkpoint import model_reference
@@ -97,8 +97,8 @@ def plot(path: Path) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="demo")
-    p.add_argument("--n", type=int, default=8, help="demo evaluation clips")
-    p.add_argument("--nfe", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128])
+    p.add_argument("--n", type=at_least(1), default=8, help="demo evaluation clips")
+    p.add_argument("--nfe", type=at_least(1), nargs="+", default=[4, 8, 16, 32, 64, 128])
     p.add_argument("--solvers", nargs="+", default=["euler", "heun", "midpoint", "rk4"], choices=INVERTIBLE_SOLVERS)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=None)

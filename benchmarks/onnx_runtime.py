@@ -26,7 +26,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import benchmark_model, environment, ort_without_cuda, pyplot, save_figure, synchronize, write_results
+from _common import (
+    at_least,
+    benchmark_model,
+    environment,
+    ort_without_cuda,
+    positive,
+    pyplot,
+    save_figure,
+    synchronize,
+    write_results,
+)
 
 STAGES = ("conditioner", "dit_prepare", "dit_step", "dit_cfg_step", "sampling_loop", "vae_decode", "total")
 # What the torch rows time: the stages run the eager modules; "total" is Pipeline.generate, with whatever
@@ -227,15 +237,15 @@ def main(argv=None) -> Path:
     parser.add_argument("--onnx", type=Path, default=None, help="an `etta export onnx` directory of the preset")
     parser.add_argument("--engines", type=Path, default=None, help="an `etta export tensorrt` directory")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"), help="dtype of the export made here")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--nfe", type=int, default=100)
+    parser.add_argument("--seconds", type=positive, default=10.0)
+    parser.add_argument("--nfe", type=at_least(1), default=100)
     parser.add_argument("--solver", default="euler")
     parser.add_argument("--cfg-scale", type=float, default=3.5)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--batch", type=at_least(1), default=1)
+    parser.add_argument("--reps", type=at_least(1), default=3)
+    parser.add_argument("--warmup", type=at_least(0), default=1)
     parser.add_argument("--backends", default="onnxruntime,torch,tensorrt", help="comma-separated")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads of ONNX Runtime and torch")
+    parser.add_argument("--threads", type=at_least(1), default=None, help="intra-op threads of ONNX Runtime and torch")
     parser.add_argument("--device", default=None, help="device of the torch rows (default: cuda when available)")
     parser.add_argument("--smoke", action="store_true", help="tiny preset, 1 s, NFE 2, one rep, CPU")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")

@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from _common import environment, synchronize, write_results
+from _common import at_least, environment, synchronize, write_results
 from tqdm.auto import tqdm
 
 from etta_engine import ops
@@ -220,7 +220,7 @@ def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
-    parser.add_argument("--reps", type=int, default=100)
+    parser.add_argument("--reps", type=at_least(1), default=100)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes (checks the script, not the speed)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the references")
     parser.add_argument("--ops", default=None, help="comma-separated subset, e.g. gelu_tanh,self_attention")

@@ -40,7 +40,16 @@ import time
 from pathlib import Path
 
 import torch
-from _common import benchmark_model, environment, ort_without_cuda, synchronize, write_results
+from _common import (
+    at_least,
+    at_least_list,
+    benchmark_model,
+    environment,
+    ort_without_cuda,
+    positive,
+    synchronize,
+    write_results,
+)
 from tqdm.auto import tqdm
 
 from etta_engine.engine import DiTEngine, evaluation_times, sample_graphed
@@ -49,6 +58,7 @@ from etta_engine.models.model import ETTAModel
 from etta_engine.ops._csrc import csrc_unusable
 from etta_engine.ops._dispatch import triton_unusable
 from etta_engine.pipeline import PRECISIONS, TEXT_PRECISIONS
+from etta_engine.sampling import SOLVERS as KNOWN_SOLVERS
 from etta_engine.sampling import cfg, steps_for
 from etta_engine.train.losses import MultiResolutionSTFTLoss
 
@@ -345,13 +355,13 @@ def main() -> None:
     parser.add_argument("--dtype", choices=sorted(PRECISIONS), default="fp32", help="the DiT's precision")
     parser.add_argument("--vae-dtype", choices=sorted(PRECISIONS), default="fp32", help="the VAE decoder's (official)")
     parser.add_argument("--text-dtype", choices=TEXT_PRECISIONS, default="fp32", help="the T5 encoder's")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--nfes", type=lambda s: [int(v) for v in s.split(",")], default=list(NFES))
+    parser.add_argument("--seconds", type=positive, default=10.0)
+    parser.add_argument("--nfes", type=at_least_list(1), default=list(NFES))
     parser.add_argument("--solvers", type=lambda s: s.split(","), default=list(SOLVERS))
     parser.add_argument("--cfg-scales", type=lambda s: [float(v) for v in s.split(",")], default=[1.0, 3.5])
     parser.add_argument("--backends", type=lambda s: s.split(","), default=list(BACKENDS))
-    parser.add_argument("--reference-nfe", type=int, default=400)
-    parser.add_argument("--reps", type=int, default=1, help="timed generations per cell (their median)")
+    parser.add_argument("--reference-nfe", type=at_least(1), default=400)
+    parser.add_argument("--reps", type=at_least(1), default=1, help="timed generations per cell (their median)")
     graphs_help = "the engine backends' CUDA graphs (CUDA devices): one per whole solve, one per step, or none"
     parser.add_argument("--cuda-graph", choices=list(CUDA_GRAPH_MODES), default="solve", help=graphs_help)
     parser.add_argument("--padding", choices=["max_length", "longest"], default="max_length",
@@ -366,10 +376,15 @@ def main() -> None:
     unknown = sorted(set(args.backends) - set(BACKENDS))
     if unknown:
         parser.error(f"unknown backends {unknown}; choices: {list(BACKENDS)}")
-    for solver in args.solvers:
-        steps_for(solver, 100)  # unknown solvers fail here, with the choices
-    if args.reps < 1:
-        parser.error(f"--reps must be at least 1, got {args.reps}")
+    unknown = sorted(set(args.solvers) - set(KNOWN_SOLVERS))
+    if unknown:
+        parser.error(f"unknown solvers {unknown}; choices: {sorted(KNOWN_SOLVERS)}")
+    if not any(_fits(s, n) for s in args.solvers for n in args.nfes):
+        parser.error(f"no cell to run: none of --solvers {args.solvers} takes a step within --nfes {args.nfes}")
+    try:  # checked before the model is built: the reference is the first thing the sweep computes
+        steps_for("rk4", args.reference_nfe)
+    except ValueError as e:
+        parser.error(f"--reference-nfe {args.reference_nfe}: {e} (the reference is an rk4 solve)")
     env = environment(torch.device(args.device))
     for name in ("onnxruntime", "tensorrt"):
         try:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import environment, synchronize, write_results
+from _common import at_least, environment, positive, synchronize, write_results
 from tqdm.auto import tqdm
 
 from etta_engine.config import get_preset
@@ -89,10 +89,10 @@ def run(args) -> dict:
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="etta")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=at_least(1), default=8)
+    parser.add_argument("--seconds", type=positive, default=10.0)
+    parser.add_argument("--steps", type=at_least(1), default=10)
+    parser.add_argument("--warmup", type=at_least(0), default=3)
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--device", default=None)

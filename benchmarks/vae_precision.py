@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from _common import environment, synchronize, write_results
+from _common import at_least, environment, positive, synchronize, write_results
 
 from etta_engine.checkpoint import PRETRAINED, is_pretrained, load
 from etta_engine.config import OPS_IMPLS, PRESETS, VAEConfig, get_preset
@@ -173,9 +173,9 @@ def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="etta", help="preset name (random weights), 'demo' or a checkpoint path")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--seconds", type=positive, default=2.0)
+    parser.add_argument("--batch", type=at_least(1), default=1)
+    parser.add_argument("--reps", type=at_least(1), default=3)
     parser.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
     parser.add_argument("--ops", default="auto", choices=OPS_IMPLS, help="Snake-beta implementation (not fp32's)")
     parser.add_argument("--smoke", action="store_true", help="tiny preset, 0.5 s, one rep, CPU")
@@ -188,8 +188,6 @@ def main(argv=None) -> Path:
         parser.error(f"unknown variants {unknown}; choices: {list(VARIANTS)}")
     if args.variants[0] != "fp32":
         args.variants = ["fp32", *[v for v in args.variants if v != "fp32"]]  # the reference comes first
-    if not args.seconds > 0 or args.batch < 1 or args.reps < 1:
-        parser.error(f"--seconds={args.seconds} must be > 0, --batch={args.batch} and --reps={args.reps} >= 1")
     if args.device == "cpu" and "fp16" in args.variants and not args.smoke:
         print("note: fp16 convolutions on a CPU run PyTorch's slow generic kernels (100x and more behind fp32)")
     rows = run(args)

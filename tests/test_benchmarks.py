@@ -201,7 +201,24 @@ def test_sweep_refuses_bad_reps_and_cpu_provider_rows_on_cuda(monkeypatch):
 
     cmd = [sys.executable, str(ROOT / "benchmarks" / "sweep.py"), "--smoke", "--reps", "0"]
     result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 2 and "--reps must be at least 1, got 0" in result.stderr
+    assert result.returncode == 2 and "argument --reps: must be at least 1, got 0" in result.stderr
+    # Refused before the model is built, each naming the value and what is allowed
+    refusals = {
+        ("--nfes", "4,0"): "argument --nfes: must be at least 1, got 0",
+        ("--nfes", "4,x"): "argument --nfes: 'x' is not an integer",
+        ("--solvers", "midpoint", "--nfes", "1"): "none of --solvers ['midpoint'] takes a step within --nfes [1]",
+        (
+            "--solvers",
+            "euler,rk5",
+        ): "unknown solvers ['rk5']; choices: ['dopri5', 'dpmpp_2m', 'euler', 'heun', 'midpoint', 'rk4']",
+        ("--reference-nfe", "2"): "--reference-nfe 2: solver 'rk4' needs nfe >= 4 for one step, got nfe=2",
+        ("--seconds", "0"): "argument --seconds: must be a finite number > 0, got 0",
+        ("--seconds", "nan"): "argument --seconds: must be a finite number > 0, got nan",
+    }
+    base = [sys.executable, str(ROOT / "benchmarks" / "sweep.py"), "--model", "tiny", "--device", "cpu"]
+    for flags, message in refusals.items():
+        result = subprocess.run(base + list(flags), capture_output=True, text=True)
+        assert result.returncode == 2 and message in result.stderr, (flags, result.stderr[-500:])
     cuda = torch.device("cuda")
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     reason = sweep.backend_unusable("onnx-plain", cuda)
@@ -278,6 +295,24 @@ def test_goals_table_picks_the_best_matching_row_of_each_goal(tmp_path, capsys, 
     assert "1.14x" in lines["DiT step vs eager (CPU, etta fp32)"]
     goals.main([str(files[-1])])
     assert capsys.readouterr().out.count("unmeasured") == 5
+
+
+@pytest.mark.parametrize(
+    "script, flags, message",
+    [
+        ("onnx_runtime.py", ["--reps", "0"], "argument --reps: must be at least 1, got 0"),
+        ("train_dit_throughput.py", ["--steps", "0"], "argument --steps: must be at least 1, got 0"),
+        ("demo_quality.py", ["--nfe", "8", "0"], "argument --nfe: must be at least 1, got 0"),
+        ("engine_step.py", ["--frames", "-3"], "argument --frames: must be at least 1, got -3"),
+        ("vae_precision.py", ["--seconds", "inf"], "argument --seconds: must be a finite number > 0, got inf"),
+        ("inversion.py", ["--n", "two"], "argument --n: 'two' is not an integer"),
+    ],
+)
+def test_benchmark_scripts_refuse_counts_and_lengths_out_of_range(script, flags, message):
+    # Refused by the argument parser, before a model is built (a count of 0 used to fail late, e.g. with
+    # "min() arg is an empty sequence" after the whole export).
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *flags], capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-500:]
 
 
 def test_vae_precision_benchmark_writes_rows(tmp_path):
