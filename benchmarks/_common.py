@@ -31,7 +31,6 @@ def at_least(low: int):
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
         return value
 
-    parse.__name__ = f"integer >= {low}"
     return parse
 
 
@@ -53,7 +52,6 @@ def at_least_list(low: int):
     def parse(text: str) -> list[int]:
         return [one(v) for v in text.split(",")]
 
-    parse.__name__ = f"comma-separated integers >= {low}"
     return parse
 
 
